@@ -1,0 +1,108 @@
+"""The plugin manager: built-in plugins, entry-point plugins, and fault tolerance.
+
+Environment switches:
+
+- ``INVKIT_NO_ENTRYPOINTS=1``: do not load plugins from the ``invkit`` entry-point
+  group (built-ins still load; DeepInversion is an entry point, so it is skipped).
+- ``INVKIT_STRICT_PLUGINS=1``: a plugin that fails to import, or raises in a hook,
+  is an error instead of a warning (for plugin authors).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from importlib import metadata
+
+import pluggy
+
+from invkit import hookspecs
+
+ENTRYPOINT_GROUP = "invkit"
+
+# Built-in features are plugins too, registered before any entry point.
+BUILTIN_PLUGINS = (
+    "invkit.priors",
+    "invkit.schedules",
+    "invkit.verifiers",
+    "invkit.teachers",
+    "invkit.commands",
+)
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or raised in a hook; the rest of invkit keeps working."""
+
+
+def strict() -> bool:
+    return os.environ.get("INVKIT_STRICT_PLUGINS", "") not in ("", "0")
+
+
+def report_broken(plugin: str, error: BaseException, where: str = "load") -> None:
+    """Warn about a broken plugin (or raise, under ``INVKIT_STRICT_PLUGINS``)."""
+    message = f"plugin {plugin!r} failed to {where}: {type(error).__name__}: {error}"
+    if strict():
+        raise RuntimeError(message) from error
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+@functools.cache
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, built on first use.
+
+    Example:
+        >>> pm = get_plugin_manager()
+        >>> pm.register(my_plugin_module, name="my-plugin")   # e.g. in a test
+    """
+    pm = pluggy.PluginManager("invkit")
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if os.environ.get("INVKIT_NO_ENTRYPOINTS", "") in ("", "0"):
+        load_entrypoints(pm)
+    return pm
+
+
+def load_entrypoints(pm: pluggy.PluginManager) -> None:
+    """Register every ``invkit`` entry point, warning about (not failing on) broken ones."""
+    for ep in metadata.entry_points(group=ENTRYPOINT_GROUP):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as error:  # noqa: BLE001 - any plugin bug must not break invkit
+            report_broken(ep.name, error)
+            continue
+
+
+def plugin_version(name: str) -> str:
+    """The installed version of the distribution that provides plugin ``name``."""
+    for ep in metadata.entry_points(group=ENTRYPOINT_GROUP):
+        if ep.name == name and ep.dist is not None:
+            return ep.dist.version
+    if name.startswith("invkit."):
+        try:
+            return metadata.version("invkit")
+        except metadata.PackageNotFoundError:  # pragma: no cover - source tree only
+            return "unknown"
+    return "-"
+
+
+def describe_plugins(pm: pluggy.PluginManager | None = None) -> list[dict]:
+    """Each registered plugin with its version and the hooks it implements.
+
+    Example:
+        >>> [p["name"] for p in describe_plugins()][:2]
+        ['invkit.priors', 'invkit.schedules']
+    """
+    pm = pm or get_plugin_manager()
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
+        rows.append({"name": name, "version": plugin_version(name), "hooks": hooks})
+    return rows

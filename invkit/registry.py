@@ -1,0 +1,102 @@
+"""Registries: the records every plugin returned from one hook, by name.
+
+Example:
+    >>> reg = registry("prior")
+    >>> reg.get("tv-l2").default_weight
+    0.0001
+    >>> [s.name for s in registry("teacher").list(include="resnet*", exclude="*v15")][:2]
+    ['resnet101', 'resnet152']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
+
+import pluggy
+
+from invkit.errors import PluginConflict, unknown
+from invkit.hookspecs import RECORD_HOOKS
+from invkit.plugins import get_plugin_manager, report_broken
+from invkit.specs import KINDS
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named records of one kind, each tagged with the plugin that provided it."""
+
+    def __init__(self, kind: str, records: dict[str, T]):
+        self.kind = kind
+        self._records = records
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._records.values())
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def names(self) -> list[str]:
+        return sorted(self._records)
+
+    def get(self, name: str) -> T:
+        """The record called ``name``; an unknown name raises listing the closest ones."""
+        try:
+            return self._records[name]
+        except KeyError:
+            raise unknown(self.kind, name, self._records) from None
+
+    def list(self, include: str | Iterable[str] | None = None,
+             exclude: str | Iterable[str] | None = None) -> list[T]:
+        """Records sorted by name, filtered by shell-style patterns (like ``timm.list_models``)."""
+        inc, exc = _patterns(include), _patterns(exclude)
+        return [
+            self._records[n] for n in self.names()
+            if (not inc or any(fnmatch.fnmatchcase(n, p) for p in inc))
+            and not any(fnmatch.fnmatchcase(n, p) for p in exc)
+        ]
+
+
+def _patterns(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def registry(kind: str, pm: pluggy.PluginManager | None = None) -> Registry:
+    """Collect every plugin's records of ``kind`` (teacher, prior, schedule, verifier, method).
+
+    Each hook implementation is called on its own, so one broken plugin is reported
+    and skipped instead of hiding everyone else's records.
+    """
+    pm = pm or get_plugin_manager()
+    expected = KINDS[kind]
+    hook = getattr(pm.hook, RECORD_HOOKS[kind])
+    records: dict[str, object] = {}
+    for impl in reversed(hook.get_hookimpls()):  # registration order
+        provider = pm.get_name(impl.plugin) or repr(impl.plugin)
+        try:
+            returned = list(impl.function() or ())
+            bad = [r for r in returned if not isinstance(r, expected)]
+            if bad:
+                raise TypeError(f"{hook.name} returned {bad[0]!r}, not a {expected.__name__}")
+        except Exception as error:  # noqa: BLE001 - a broken plugin must not break invkit
+            report_broken(provider, error, where=f"run {hook.name}")
+            continue
+        for record in returned:
+            record = dataclasses.replace(record, provider=provider)
+            previous = records.get(record.name)
+            if previous is not None:
+                raise PluginConflict(
+                    f"{kind} {record.name!r} is registered twice: by plugin "
+                    f"{previous.provider!r} and by plugin {provider!r}"
+                )
+            records[record.name] = record
+    return Registry(kind, records)

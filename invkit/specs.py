@@ -1,0 +1,242 @@
+"""The records plugins return from hooks: frozen dataclasses, one per concept.
+
+Every record has a ``name`` (unique within its kind), a one-line ``summary`` and a
+``factory`` that builds the real object. ``provider`` is filled in by the registry
+with the name of the plugin that returned the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from invkit.errors import InvkitError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import click
+    from torch import nn
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed option of a prior, schedule or verifier.
+
+    Example:
+        >>> Option("first_bn_multiplier", float, 10.0, "weight of the first BN layer").parse("5")
+        5.0
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    def parse(self, value: Any) -> Any:
+        """Convert ``value`` (often a string from the command line) to this option's type."""
+        try:
+            if self.type is bool and isinstance(value, str):
+                parsed = _BOOL_WORDS[value.strip().lower()]
+            else:
+                parsed = self.type(value)
+        except (KeyError, TypeError, ValueError):
+            raise InvkitError(
+                f"option {self.name}={value!r} is not a valid {self.type.__name__}"
+            ) from None
+        if self.choices is not None and parsed not in self.choices:
+            raise InvkitError(
+                f"option {self.name}={value!r} must be one of: "
+                + ", ".join(map(str, self.choices))
+            )
+        return parsed
+
+
+def parse_options(owner: str, options: tuple[Option, ...], given: Mapping[str, Any]) -> dict:
+    """Validate ``given`` against ``options``: defaults filled in, values typed.
+
+    Example:
+        >>> parse_options("bn-stats", (Option("m", float, 10.0),), {"m": "2"})
+        {'m': 2.0}
+    """
+    known = {o.name: o for o in options}
+    for key in given:
+        if key not in known:
+            valid = ", ".join(sorted(known)) or "none"
+            raise InvkitError(f"{owner} has no option {key!r} (valid options: {valid})")
+    return {o.name: o.parse(given[o.name]) if o.name in given else o.default for o in options}
+
+
+@dataclass(frozen=True)
+class TeacherMeta:
+    """What a method needs to know about a classifier besides its weights.
+
+    Example:
+        >>> TeacherMeta(arch="resnet18", input_size=224, num_classes=1000)
+    """
+
+    arch: str
+    input_size: int
+    num_classes: int
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    class_names: tuple[str, ...] | None = None
+    weights: str = "none"
+
+    def class_name(self, index: int) -> str | None:
+        if self.class_names and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class Teacher:
+    """A ready classifier: the module (in eval mode) and its metadata.
+
+    Example:
+        >>> teacher = load_teacher("digits")          # see invkit.teachers
+        >>> logits = teacher.module(teacher.normalize(images01))
+    """
+
+    module: nn.Module
+    meta: TeacherMeta
+    name: str
+
+    def normalize(self, images01):
+        """Map images in [0, 1] to the network's input space."""
+        mean, std = self._stats(images01)
+        return (images01 - mean) / std
+
+    def denormalize(self, inputs):
+        """Map network inputs back to images in [0, 1] (not clamped)."""
+        mean, std = self._stats(inputs)
+        return inputs * std + mean
+
+    def pixel_bounds(self, like):
+        """Per-channel (low, high) of valid pixels in normalised space, shaped (1, C, 1, 1)."""
+        mean, std = self._stats(like)
+        return -mean / std, (1 - mean) / std
+
+    def _stats(self, like):
+        import torch
+
+        mean = torch.tensor(self.meta.mean, dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.meta.std, dtype=like.dtype, device=like.device)
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A named classifier a method can invert (or use as a verifier or student).
+
+    ``factory(weights=None, **kwargs)`` returns a :class:`Teacher`. ``weights`` is
+    ``None`` for the spec's default, ``"none"`` for random initialisation, a weights
+    name the source understands, or a file path.
+
+    Example:
+        >>> TeacherSpec("tiny", "a 2-layer test net", factory=make_tiny,
+        ...             source="mine", input_size=32, num_classes=10)
+    """
+
+    name: str
+    summary: str
+    factory: Callable[..., Teacher]
+    source: str = ""
+    input_size: int | None = None
+    num_classes: int | None = None
+    default_weights: str = "none"
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """A named loss term. ``factory(**options)`` returns an :class:`invkit.objective.Prior`.
+
+    Example:
+        >>> PriorSpec("tv-l2", "total variation, L2", factory=TotalVariation,
+        ...           default_weight=1e-4, options=())
+    """
+
+    name: str
+    summary: str
+    factory: Callable[..., Any]
+    default_weight: float = 1.0
+    options: tuple[Option, ...] = ()
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a resolution plan: ``iterations`` steps with inputs pooled by ``downsample``."""
+
+    iterations: int
+    downsample: int = 1
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A learning-rate schedule (``kind="lr"``) or a resolution plan (``kind="plan"``).
+
+    For ``"lr"`` the factory returns ``f(step, total) -> multiplier`` of the base rate;
+    for ``"plan"`` it returns a tuple of :class:`Stage`.
+
+    Example:
+        >>> ScheduleSpec("constant", "constant rate", factory=lambda: (lambda i, n: 1.0), kind="lr")
+    """
+
+    name: str
+    summary: str
+    factory: Callable[..., Any]
+    kind: str = "lr"
+    options: tuple[Option, ...] = ()
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class VerifierSpec:
+    """A way to judge generated images with a second network.
+
+    ``factory(teacher: Teacher, **options)`` returns ``verify(images01, targets) -> dict``
+    of named figures (for example ``{"top1": 0.93}``).
+
+    Example:
+        >>> VerifierSpec("top1", "top-1 accuracy of a classifier", factory=TopK)
+    """
+
+    name: str
+    summary: str
+    factory: Callable[..., Callable[..., dict]]
+    options: tuple[Option, ...] = ()
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An inversion method. ``command()`` returns the click command for ``invkit run NAME``.
+
+    Example:
+        >>> MethodSpec("deepinversion", "BN-statistics inversion", command=make_command)
+    """
+
+    name: str
+    summary: str
+    command: Callable[[], click.Command]
+    default_priors: tuple[str, ...] = ()
+    provider: str = ""
+
+
+KINDS: dict[str, type] = {
+    "teacher": TeacherSpec,
+    "prior": PriorSpec,
+    "schedule": ScheduleSpec,
+    "verifier": VerifierSpec,
+    "method": MethodSpec,
+}
+
+__all__ = [
+    "Option", "parse_options", "TeacherMeta", "Teacher", "TeacherSpec", "PriorSpec",
+    "Stage", "ScheduleSpec", "VerifierSpec", "MethodSpec", "KINDS",
+]

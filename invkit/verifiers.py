@@ -1,0 +1,52 @@
+"""Built-in verifiers: judge generated images with an independent classifier.
+
+Example:
+    >>> verify = TopKAccuracy(load_teacher("digits-verifier"))
+    >>> verify(images01, targets)
+    {'top1': 0.96, 'top5': 1.0}
+"""
+
+from __future__ import annotations
+
+import torch
+
+from invkit.hookspecs import hookimpl
+from invkit.specs import Option, Teacher, VerifierSpec
+
+
+class TopKAccuracy:
+    """Top-1 (and top-k where the classifier has more than k classes) accuracy of ``network``."""
+
+    def __init__(self, network: Teacher, k: int = 5):
+        self.network = network
+        self.k = k
+
+    @torch.no_grad()
+    def predict(self, images01: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits on images in [0, 1], resized to its input size."""
+        module = self.network.module
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else images01.device
+        size = self.network.meta.input_size
+        x = images01.to(device, torch.float32)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        return module(self.network.normalize(x)).float()
+
+    def __call__(self, images01: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        logits = self.predict(images01)
+        targets = targets.to(logits.device)
+        figures = {"top1": (logits.argmax(1) == targets).float().mean().item()}
+        if logits.shape[1] > self.k:
+            top = logits.topk(self.k, dim=1).indices
+            figures[f"top{self.k}"] = (top == targets[:, None]).any(1).float().mean().item()
+        return figures
+
+
+@hookimpl
+def invkit_verifiers():
+    yield VerifierSpec(
+        "accuracy", "top-1/top-k accuracy of a classifier (any teacher spec) on the images",
+        factory=TopKAccuracy, options=(Option("k", int, 5, "k of the top-k figure"),),
+    )

@@ -1,0 +1,2 @@
+"""Plugins shipped with invkit, loaded through the same ``invkit`` entry-point group
+that third-party plugins use."""
