@@ -39,7 +39,9 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> InvkitError:
     choices = sorted(choices)
     near = closest(name, choices)
     hint = f"; did you mean: {', '.join(near)}?" if near else ""
-    if len(choices) <= 30:
+    if not choices:
+        valid = f" (no {kind}s are registered: see 'invkit plugins')"
+    elif len(choices) <= 30:
         valid = f" (valid: {', '.join(choices)})"
     else:
         valid = f" ({len(choices)} valid names: see 'invkit {kind}s list')"

@@ -80,7 +80,7 @@ def registry(kind: str, pm: pluggy.PluginManager | None = None) -> Registry:
     expected = KINDS[kind]
     hook = getattr(pm.hook, RECORD_HOOKS[kind])
     records: dict[str, object] = {}
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order
         provider = pm.get_name(impl.plugin) or repr(impl.plugin)
         try:
             returned = list(impl.function() or ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 
@@ -11,8 +12,21 @@ from invkit.errors import InvkitError
 from invkit.plugins import PluginWarning, get_plugin_manager
 
 
+@contextlib.contextmanager
+def plugin_warnings_as_lines():
+    """Show each plugin warning as one ``Warning:`` line on stderr, never as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", PluginWarning)
+        warnings.showwarning = _show_plugin_warning
+        yield
+
+
 class InvkitGroup(click.Group):
     """A group that turns :class:`InvkitError` into one ``Error:`` line and exit code 2."""
+
+    def main(self, *args, **kwargs):
+        with plugin_warnings_as_lines():
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx):
         try:
@@ -88,7 +102,7 @@ def make_cli() -> click.Group:
 
     register_listing_commands(cli)
     pm = get_plugin_manager()
-    for impl in reversed(pm.hook.invkit_commands.get_hookimpls()):
+    for impl in pm.hook.invkit_commands.get_hookimpls():  # registration order
         try:
             impl.function(cli=cli)
         except Exception as error:  # noqa: BLE001 - a broken plugin must not break the CLI
@@ -98,9 +112,7 @@ def make_cli() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", PluginWarning)
-        warnings.showwarning = _show_plugin_warning
+    with plugin_warnings_as_lines():
         try:
             cli = make_cli()
         except InvkitError as error:  # e.g. a plugin conflict found while building commands

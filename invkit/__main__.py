@@ -1,0 +1,5 @@
+"""``python -m invkit`` runs the command line."""
+
+from invkit.cli import main
+
+main()

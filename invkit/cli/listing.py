@@ -1,0 +1,174 @@
+"""Commands that list and inspect what plugins registered.
+
+``invkit plugins``, and ``invkit {teachers,priors,schedules,verifiers,methods} {list,show}``,
+all with ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from invkit.plugins import describe_plugins
+from invkit.registry import registry
+from invkit.specs import Option
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a listing: its header and how to read it from a record."""
+
+    header: str
+    value: Callable[[object], object]
+
+
+def _options(record) -> str:
+    return ", ".join(o.name for o in getattr(record, "options", ())) or "-"
+
+
+def _maybe(value) -> str:
+    return "-" if value is None else str(value)
+
+
+NAME = Column("name", lambda r: r.name)
+PROVIDER = Column("provider", lambda r: r.provider)
+SUMMARY = Column("summary", lambda r: r.summary)
+
+COLUMNS: dict[str, tuple[Column, ...]] = {
+    "teacher": (NAME, Column("source", lambda r: r.source or "-"),
+                Column("input", lambda r: _maybe(r.input_size)),
+                Column("classes", lambda r: _maybe(r.num_classes)), PROVIDER, SUMMARY),
+    "prior": (NAME, Column("weight", lambda r: f"{r.default_weight:g}"),
+              Column("options", _options), PROVIDER, SUMMARY),
+    "schedule": (NAME, Column("kind", lambda r: r.kind), Column("options", _options),
+                 PROVIDER, SUMMARY),
+    "verifier": (NAME, Column("options", _options), PROVIDER, SUMMARY),
+    "method": (NAME, Column("default priors", lambda r: ", ".join(r.default_priors) or "-"),
+               PROVIDER, SUMMARY),
+}
+
+CAPTIONS = {
+    "verifier": "The network behind a verifier is any teacher spec "
+                "(--verifier-arch NAME): see 'invkit teachers list'.",
+}
+
+
+def record_dict(record) -> dict:
+    """A JSON-ready view of a spec record (callables left out, options spelled out)."""
+    out = {}
+    for key, value in vars(record).items():
+        if key in ("factory", "command"):
+            continue
+        if key == "options":
+            value = [option_dict(o) for o in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def option_dict(option: Option) -> dict:
+    return {"name": option.name, "type": option.type.__name__, "default": option.default,
+            "help": option.help,
+            "choices": list(option.choices) if option.choices is not None else None}
+
+
+def console() -> Console:
+    # Wide enough that tables are readable in logs and pipes, not only in terminals.
+    return Console(width=max(Console().width, 120), highlight=False)
+
+
+def print_table(title: str, columns: tuple[Column, ...], records, caption: str | None = None):
+    table = Table(title=title, caption=caption, title_justify="left")
+    for column in columns:
+        table.add_column(column.header, overflow="fold")
+    for record in records:
+        table.add_row(*(str(column.value(record)) for column in columns))
+    console().print(table)
+
+
+def make_kind_group(kind: str) -> click.Group:
+    """``invkit <kind>s list|show`` for one kind of record."""
+    plural = f"{kind}s"
+
+    @click.group(name=plural, help=f"List and inspect registered {plural}.")
+    def group():
+        pass
+
+    @group.command(name="list", help=f"List registered {plural}.")
+    @click.option("--include", multiple=True, metavar="PATTERN",
+                  help="Only names matching this shell pattern (repeatable), e.g. 'resnet*'.")
+    @click.option("--exclude", multiple=True, metavar="PATTERN",
+                  help="Leave out names matching this shell pattern (repeatable).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def list_command(include, exclude, as_json):
+        records = registry(kind).list(include=include or None, exclude=exclude or None)
+        if as_json:
+            click.echo(json.dumps([record_dict(r) for r in records], indent=2))
+            return
+        caption = CAPTIONS.get(kind, "")
+        if include or exclude:
+            caption = f"{len(records)} matching. {caption}".strip()
+        print_table(f"{plural} ({len(records)})", COLUMNS[kind], records, caption or None)
+
+    @group.command(name="show", help=f"Show one {kind}: its options, defaults and provider.")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+    def show_command(name, as_json):
+        record = registry(kind).get(name)
+        if as_json:
+            click.echo(json.dumps(record_dict(record), indent=2))
+            return
+        show_record(kind, record)
+
+    return group
+
+
+def show_record(kind: str, record) -> None:
+    out = console()
+    out.print(f"[bold]{record.name}[/bold]  ({kind} from plugin {record.provider!r})")
+    out.print(record.summary)
+    for key, value in record_dict(record).items():
+        if key not in ("name", "summary", "provider", "options"):
+            out.print(f"  {key}: {value}")
+    options = getattr(record, "options", ())
+    if options:
+        table = Table(title="options", title_justify="left")
+        for header in ("option", "type", "default", "choices", "help"):
+            table.add_column(header, overflow="fold")
+        for o in options:
+            choices = ", ".join(map(str, o.choices)) if o.choices else "-"
+            table.add_row(o.name, o.type.__name__, repr(o.default), choices, o.help)
+        out.print(table)
+    elif kind in ("prior", "schedule", "verifier"):
+        out.print("  options: none")
+    if kind == "prior":
+        out.print(f"Use: --prior {record.name}:{record.default_weight:g}"
+                  + "".join(f",{o.name}={o.default}" for o in options))
+
+
+@click.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(as_json):
+    """List plugins, their versions and the hooks they implement."""
+    rows = describe_plugins()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"plugins ({len(rows)})", title_justify="left")
+    for header in ("plugin", "version", "hooks"):
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(row["name"], row["version"], ", ".join(row["hooks"]))
+    console().print(table)
+
+
+def register_listing_commands(cli: click.Group) -> None:
+    cli.add_command(plugins_command)
+    for kind in COLUMNS:
+        cli.add_command(make_kind_group(kind))

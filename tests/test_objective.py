@@ -1,0 +1,176 @@
+"""Priors that add and scale, --prior parsing, merging with defaults, building objectives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from invkit.errors import InvkitError
+from invkit.objective import (
+    Objective, Prior, PriorRequest, Setup, Step, build_objective, merge_requests, parse_prior,
+    set_weight,
+)
+from invkit.priors import CrossEntropy, L2Norm, TotalVariation
+from invkit.specs import Teacher, TeacherMeta
+
+
+def make_step(inputs, logits=None, targets=None):
+    logits = torch.randn(inputs.shape[0], 4) if logits is None else logits
+    targets = torch.zeros(inputs.shape[0], dtype=torch.long) if targets is None else targets
+    teacher = Teacher(torch.nn.Identity(), TeacherMeta("id", 4, 4), "id")
+    return Step(inputs=inputs, logits=logits, targets=targets, teacher=teacher)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("tv-l2", PriorRequest("tv-l2")),
+    ("tv-l2:1e-4", PriorRequest("tv-l2", 1e-4)),
+    ("bn-stats:0.01,first_bn_multiplier=10",
+     PriorRequest("bn-stats", 0.01, (("first_bn_multiplier", "10"),))),
+    ("bn-stats,first_bn_multiplier=2", PriorRequest("bn-stats", None,
+                                                    (("first_bn_multiplier", "2"),))),
+    (" l2:0 ", PriorRequest("l2", 0.0)),
+])
+def test_parse_prior_good(text, expected):
+    assert parse_prior(text) == expected
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("", "missing name"),
+    (":0.1", "missing name"),
+    ("tv-l2:abc", "weight 'abc' is not a number"),
+    ("tv-l2:nan", "must be finite"),
+    ("bn-stats:1,first_bn_multiplier", "'first_bn_multiplier' is not key=value"),
+    ("bn-stats:1,=3", "is not key=value"),
+])
+def test_parse_prior_bad_is_one_clear_line(text, fragment):
+    with pytest.raises(InvkitError) as info:
+        parse_prior(text)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+    assert "NAME[:WEIGHT][,key=value...]" in message
+
+
+def test_build_objective_uses_default_weights_and_adds_repeats():
+    objective = build_objective([parse_prior("cross-entropy"), parse_prior("tv-l2"),
+                                 parse_prior("tv-l2:1e-4"), parse_prior("l2:0.5")])
+    assert objective.describe() == "1*cross-entropy + 0.0002*tv-l2 + 0.5*l2"
+
+
+def test_build_objective_validates_names_and_options():
+    with pytest.raises(InvkitError, match="unknown prior 'tv'.*did you mean: tv-l"):
+        build_objective([parse_prior("tv:1")])
+    with pytest.raises(InvkitError, match="prior 'tv-l2' has no option 'p' \\(valid options: none\\)"):
+        build_objective([parse_prior("tv-l2,p=1")])
+
+
+def test_zero_weight_drops_the_term():
+    assert build_objective([parse_prior("tv-l2:0"), parse_prior("l2")]).describe() == "1e-05*l2"
+
+
+def test_merge_requests_overrides_by_name_and_keeps_order():
+    defaults = [parse_prior("cross-entropy"), parse_prior("tv-l2:1e-4"), parse_prior("l2:1e-5")]
+    given = [parse_prior("tv-l2:1e-3"), parse_prior("tv-l1:0.5")]
+    merged = merge_requests(defaults, given)
+    assert [(r.name, r.weight) for r in merged] == [
+        ("cross-entropy", None), ("l2", 1e-5), ("tv-l2", 1e-3), ("tv-l1", 0.5)]
+    assert merge_requests(defaults, given, use_defaults=False) == given
+
+
+def test_set_weight_is_the_shorthand_mechanism():
+    requests = [parse_prior("cross-entropy"), parse_prior("bn-stats:0.05,first_bn_multiplier=10")]
+    out = set_weight(requests, "bn-stats", 0.01)
+    assert out[1] == PriorRequest("bn-stats", 0.01, (("first_bn_multiplier", "10"),))
+    assert set_weight(requests, "bn-stats", None) == requests
+    assert set_weight(requests, "tv-l2", 1e-4)[-1] == PriorRequest("tv-l2", 1e-4)
+    assert [r.name for r in set_weight(requests, "bn-stats", 0)] == ["cross-entropy"]
+    added = set_weight(requests, "bn-stats", None, first_bn_multiplier=2)
+    assert added[1].options == (("first_bn_multiplier", 2),) and added[1].weight == 0.05
+
+
+def test_priors_add_and_scale_like_numbers():
+    ce, tv = CrossEntropy(), TotalVariation(p=2)
+    objective = ce + 1e-4 * tv + 0.5 * (L2Norm() + tv)
+    assert isinstance(objective, Objective)
+    assert objective.describe() == "1*cross-entropy + 0.0001*tv-l2 + 0.5*l2 + 0.5*tv-l2"
+    assert sum([ce, tv]).describe() == "1*cross-entropy + 1*tv-l2"
+    assert (2 * objective).terms[0][0] == 2.0
+
+
+def test_objective_value_is_the_weighted_sum_of_terms():
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 6, 6)
+    step = make_step(x)
+    objective = CrossEntropy() + 1e-2 * TotalVariation(p=2) + 0.5 * L2Norm()
+    total, terms = objective(step)
+    assert set(terms) == {"cross-entropy", "tv-l2", "l2"}
+    expected = terms["cross-entropy"] + 1e-2 * terms["tv-l2"] + 0.5 * terms["l2"]
+    assert torch.allclose(total, expected)
+
+
+def test_repeated_names_get_unique_labels():
+    class Scaled(Prior):
+        name = "scaled"
+
+        def __init__(self, k):
+            super().__init__(k=k)
+            self.k = k
+
+        def __call__(self, step):
+            return step.inputs.sum() * self.k
+
+    objective = Scaled(1) + Scaled(2)
+    _, terms = objective(make_step(torch.ones(1, 1, 2, 2)))
+    assert terms == {"scaled(k=1)": torch.tensor(4.0), "scaled(k=2)": torch.tensor(8.0)}
+
+
+def test_attached_runs_setup_and_always_teardown():
+    events = []
+
+    class Hooked(Prior):
+        name = "hooked"
+
+        def setup(self, setup):
+            events.append("setup")
+
+        def teardown(self):
+            events.append("teardown")
+
+    objective = Hooked() + Hooked()
+    with pytest.raises(ValueError):
+        with objective.attached(Setup(teacher=None)):
+            raise ValueError
+    assert events == ["setup", "setup", "teardown", "teardown"]
+
+
+def test_tv_l2_matches_the_spec_formula():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) ** 1.5
+    d1 = x[..., :, :-1] - x[..., :, 1:]
+    d2 = x[..., :-1, :] - x[..., 1:, :]
+    d3 = x[..., 1:, :-1] - x[..., :-1, 1:]
+    d4 = x[..., :-1, :-1] - x[..., 1:, 1:]
+    step = make_step(x)
+    tv2 = sum(torch.sqrt((d ** 2).sum()) for d in (d1, d2, d3, d4))
+    tv1 = sum(d.abs().mean() for d in (d1, d2, d3, d4))
+    assert torch.allclose(TotalVariation(p=2)(step), tv2)
+    assert torch.allclose(TotalVariation(p=1)(step), tv1)
+
+
+def test_tv_sees_all_four_directions():
+    # A checkerboard has zero diagonal variation: only d1 and d2 contribute.
+    board = (torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2
+    x = board.float().expand(1, 1, 4, 4)
+    assert TotalVariation(p=1)(make_step(x)).item() == pytest.approx(2.0)
+    # A constant image varies in no direction.
+    assert TotalVariation(p=1)(make_step(torch.ones(1, 1, 4, 4))).item() == 0.0
+
+
+def test_l2_and_cross_entropy_match_direct_computation():
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 5, 5)
+    logits = torch.randn(4, 7)
+    targets = torch.tensor([0, 3, 6, 2])
+    step = make_step(x, logits, targets)
+    direct_l2 = torch.stack([x[i].pow(2).sum().sqrt() for i in range(4)]).mean()
+    assert torch.allclose(L2Norm()(step), direct_l2)
+    direct_ce = -torch.log_softmax(logits, 1)[torch.arange(4), targets].mean()
+    assert torch.allclose(CrossEntropy()(step), direct_ce)
