@@ -1,0 +1,168 @@
+"""torchrun support: which rank this process is, its device, and the few collectives needed.
+
+invkit never launches processes itself: PyTorch's launcher does
+(``torchrun --nproc-per-node K invkit run deepinversion ...``, or multi-node
+torchrun). This module reads the environment torchrun sets (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...), picks the device of this
+rank and wraps the three collectives the dataset writer uses (a barrier, a
+broadcast from rank 0, and setup/teardown), all of which are no-ops in a plain
+single process.
+
+Example (what a method's command does before loading its teacher):
+    >>> device = local_device(requested_device)   # "cuda:3" on local rank 3
+    >>> env = init_distributed(device)            # nccl on CUDA, gloo on CPU
+    >>> env.rank, env.world_size
+    (3, 8)
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+#: How long a rank may wait at the start or end for the others. Ranks wait at the
+#: end for the slowest one to finish its share of batches, which can take long on
+#: uneven hardware; a crashed rank is detected by torchrun itself, not this timeout.
+TIMEOUT = timedelta(hours=int(os.environ.get("INVKIT_DIST_TIMEOUT_HOURS", "12")))
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a torchrun job (rank 0 of 1 outside torchrun).
+
+    Example:
+        >>> dist_env()
+        DistEnv(rank=0, world_size=1, local_rank=0)
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    """The rank, world size and local rank from torchrun's environment variables.
+
+    Example:
+        >>> os.environ.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1"); dist_env()
+        DistEnv(rank=1, world_size=2, local_rank=1)
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # A caller-made process group is the truth (e.g. not launched by torchrun).
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local)
+    return DistEnv(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and outside torchrun): the process that shows progress and prints.
+
+    Example:
+        >>> if is_main_process(): print("shown once")
+    """
+    return dist_env().is_main
+
+
+def local_device(requested: str | None = None) -> str:
+    """The device this rank should use: under torchrun, CUDA devices get ``cuda:LOCAL_RANK``.
+
+    ``requested`` is what the user asked for (``None``/``"auto"``: CUDA when available,
+    else CPU). An explicit index (``"cuda:1"``) is kept as given.
+
+    Example:
+        >>> local_device("cuda")       # on local rank 2 of a torchrun job
+        'cuda:2'
+        >>> local_device("cpu")
+        'cpu'
+    """
+    import torch
+
+    if requested in (None, "", "auto"):
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        env = dist_env()
+        index = env.local_rank if env.distributed else torch.cuda.current_device()
+        requested = f"cuda:{index}"
+    if requested.startswith("cuda:"):
+        torch.cuda.set_device(int(requested.split(":", 1)[1]))
+    return requested
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join torchrun's process group if launched by torchrun; a no-op otherwise.
+
+    The backend is nccl when ``device`` is a CUDA device and gloo otherwise (the
+    dataset writer only exchanges small Python objects, which both handle).
+    Idempotent: calling it again, or after the caller made its own group, does nothing.
+
+    Example:
+        >>> env = init_distributed("cpu")   # under torchrun: a gloo group of WORLD_SIZE ranks
+    """
+    import torch.distributed as dist
+
+    env = dist_env()
+    if not env.distributed or not dist.is_available() or dist.is_initialized():
+        return env
+    backend = "nccl" if device and str(device).startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    atexit.register(_destroy)
+    return dist_env()
+
+
+def _destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if not _active():
+        return
+    if dist.get_backend() == "nccl":
+        import torch
+
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (each rank passes its own; only rank 0's counts).
+
+    Example:
+        >>> verdict = broadcast_object(check() if is_main_process() else None)
+    """
+    import torch.distributed as dist
+
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,227 @@
+"""Run directories and the files in them, always written atomically.
+
+Every writer here goes through :func:`atomic_write_bytes` (a temporary file in the
+same directory, then ``os.replace``), so a run killed at any moment leaves each
+file either complete or absent, never half-written. That is what lets
+``--resume`` trust whatever it finds.
+
+Example:
+    >>> out = prepare_output_dir("generations/test")
+    >>> save_png(out / "images" / class_dirname(7, 10, "seven") / "00000_000.png", image01)
+    >>> save_grid(out / "grid.png", images01)
+    >>> write_json(out / "run.json", {"config": {...}})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from invkit.errors import InvkitError
+
+#: What a run writes into its output directory; ``--overwrite`` removes exactly these
+#: (never anything else a user may keep there).
+RUN_ENTRIES = ("images", "shards", "progress", "state", "manifest.jsonl", "grid.png", "run.json")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent directories.
+
+    The bytes go to a temporary file beside ``path`` which then replaces it, so
+    readers (and a resumed run) never see a partial file.
+
+    Example:
+        >>> atomic_write_bytes("out/notes.txt", b"hello")
+        PosixPath('out/notes.txt')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        # mkstemp makes owner-only files; give the final file the usual umask-based mode.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: leave no temporary file behind.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (atomically); non-JSON values become plain data.
+
+    Tensors and numpy scalars become numbers or lists, paths and other objects strings.
+
+    Example:
+        >>> write_json("out/run.json", {"seed": 0, "loss": torch.tensor(0.5)})
+    """
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data: dicts, lists, str, int, float, bool, None.
+
+    Example:
+        >>> to_jsonable({"a": (1, 2), "t": torch.tensor([1.5])})
+        {'a': [1, 2], 't': [1.5]}
+    """
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        # NaN/inf are not JSON; keep them readable instead of failing the whole run.
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def to_uint8(images01):
+    """Images in [0, 1] (float, ``(..., C, H, W)``) as uint8 on the CPU, rounded half up.
+
+    The same rounding as ``torchvision.utils.save_image``, so a PNG written here and
+    one written by torchvision hold the same bytes.
+
+    Example:
+        >>> to_uint8(torch.full((3, 2, 2), 0.5)).unique()
+        tensor([128], dtype=torch.uint8)
+    """
+    import torch
+
+    if images01.dtype == torch.uint8:
+        return images01.detach().cpu()
+    return images01.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu()
+
+
+def png_bytes(image01) -> bytes:
+    """Encode one image (``(C, H, W)``, C = 1 or 3, float in [0, 1] or uint8) as PNG bytes.
+
+    Example:
+        >>> png_bytes(torch.rand(3, 32, 32))[:4]
+        b'\\x89PNG'
+    """
+    from PIL import Image
+
+    if image01.dim() != 3 or image01.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image shaped (1 or 3, H, W), got {tuple(image01.shape)}")
+    array = to_uint8(image01).permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(path: str | os.PathLike, image01) -> Path:
+    """Save one image (``(3, H, W)`` in [0, 1]) as a PNG file, atomically.
+
+    Example:
+        >>> save_png("out/images/007_seven/00000_000.png", torch.rand(3, 32, 32))
+    """
+    return atomic_write_bytes(path, png_bytes(image01))
+
+
+def save_grid(path: str | os.PathLike, images01, nrow: int | None = None, padding: int = 2) -> Path:
+    """Save a batch (``(N, 3, H, W)`` in [0, 1]) as one grid PNG, atomically.
+
+    ``nrow`` is the number of images per row (default: a near-square grid).
+
+    Example:
+        >>> save_grid("out/grid.png", torch.rand(84, 3, 32, 32))   # a 10 x 9 grid
+    """
+    from torchvision.utils import make_grid
+
+    if images01.dim() != 4 or images01.shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch shaped (N, C, H, W), got {tuple(images01.shape)}")
+    n = images01.shape[0]
+    nrow = nrow or math.ceil(math.sqrt(n))
+    images = images01.detach().cpu()
+    images = images.float() if images.is_floating_point() else images.float() / 255
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+    return save_png(path, grid)
+
+
+def class_dirname(index: int, num_classes: int, class_name: str | None = None) -> str:
+    """The ImageFolder directory name of a class: zero-padded index, then the sanitised name.
+
+    The index is padded to at least 3 digits (more when there are over 1000 classes)
+    so that sorting the names sorts the classes.
+
+    Example:
+        >>> class_dirname(7, 10, "cat")
+        '007_cat'
+        >>> class_dirname(42, 1000, "tench, Tinca tinca")
+        '042_tench_Tinca_tinca'
+        >>> class_dirname(42, 20000, None)
+        '00042'
+    """
+    width = max(3, len(str(max(num_classes - 1, 0))))
+    prefix = f"{index:0{width}d}"
+    name = _sanitise(class_name) if class_name else ""
+    return f"{prefix}_{name}" if name else prefix
+
+
+def _sanitise(name: str, limit: int = 60) -> str:
+    # Portable file names: letters, digits, '-', '.', '_' only, no leading dots.
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip())
+    cleaned = re.sub(r"_+", "_", cleaned).strip("._")
+    return cleaned[:limit].rstrip("._")
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run directory, refusing to mix a new run into an old one.
+
+    An existing non-empty directory is refused unless ``resume`` (continue the run
+    in it) or ``overwrite`` (remove the previous run's files: only the entries in
+    :data:`RUN_ENTRIES`, never other files kept there) is given.
+
+    Example:
+        >>> prepare_output_dir("generations/test")                  # new, or empty
+        >>> prepare_output_dir("generations/test", overwrite=True)  # start again
+    """
+    path = Path(path)
+    if overwrite and resume:
+        raise InvkitError("--overwrite and --resume cannot be used together: choose one")
+    if path.exists() and not path.is_dir():
+        raise InvkitError(f"output path {str(path)!r} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if overwrite:
+            for name in RUN_ENTRIES:
+                entry = path / name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                elif entry.exists() or entry.is_symlink():
+                    entry.unlink()
+        elif not resume:
+            raise InvkitError(
+                f"output directory {str(path)!r} is not empty; pass --resume to continue "
+                "the run in it or --overwrite to replace it (or choose another --output)"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+

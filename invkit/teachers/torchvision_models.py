@@ -1,0 +1,187 @@
+"""Every classification model torchvision lists, as a teacher named after it.
+
+``--weights`` takes a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2`` or the
+full ``ResNet50_Weights.IMAGENET1K_V2``) or ``none`` for random initialisation (with
+the default weights' metadata, for smoke tests and timing). Weights files are loaded
+by :func:`invkit.teachers.load_teacher`. Metadata (classes, crop size, mean/std) is
+read from the weights enum, never downloaded.
+
+Offline: weights already in the torch hub cache are used; otherwise a download is
+tried with a short network timeout (none at all under ``INVKIT_OFFLINE=1``), and on
+failure the error names the exact file and cache folder to put it in.
+
+Example:
+    >>> build("resnet18", weights="none").meta.input_size
+    224
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+
+from invkit.errors import InvkitError
+
+#: Seconds a stalled weights download may wait on the network before giving up.
+DOWNLOAD_TIMEOUT = 20.0
+
+
+@functools.cache
+def model_names() -> tuple[str, ...]:
+    """Every classification model torchvision lists (not detection, segmentation, ...)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def weights_enum(name: str):
+    import torchvision
+
+    return torchvision.models.get_model_weights(name)
+
+
+@functools.cache
+def describe(name: str) -> dict:
+    """Input size, class count, mean/std and class names from the DEFAULT weights' metadata.
+
+    Example:
+        >>> describe("inception_v3")["input_size"]
+        299
+    """
+    enum = weights_enum(name)
+    default = enum.DEFAULT
+    return _describe_weights(default)
+
+
+def _describe_weights(weights) -> dict:
+    keywords = getattr(weights.transforms, "keywords", {}) or {}
+    crop = keywords.get("crop_size", 224)
+    crop = crop[0] if isinstance(crop, (tuple, list)) else crop
+    categories = tuple(weights.meta.get("categories") or ())
+    return {
+        "input_size": int(crop),
+        "num_classes": len(categories) or 1000,
+        "mean": tuple(keywords.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(keywords.get("std", (0.229, 0.224, 0.225))),
+        "class_names": categories or None,
+    }
+
+
+def weight_names(name: str) -> list[str]:
+    return ["DEFAULT"] + [w.name for w in weights_enum(name)]
+
+
+def resolve_weights(name: str, weights: str):
+    """The weights enum member that ``weights`` names for model ``name``."""
+    import torchvision
+
+    enum = weights_enum(name)
+    try:
+        if "." in weights:
+            member = torchvision.models.get_weight(weights)
+            if type(member) is not enum:
+                raise ValueError(weights)
+            return member
+        return enum[weights.upper()] if weights.upper() != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError, AttributeError):
+        valid = ", ".join(weight_names(name))
+        raise InvkitError(f"unknown weights {weights!r} for {name} (valid: none, {valid}, "
+                          "or a weights file)") from None
+
+
+def cache_dir() -> Path:
+    """Where torch keeps downloaded weights (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cached_file(weights) -> Path:
+    """Where ``weights`` lives (or would live) in the torch hub cache."""
+    return cache_dir() / os.path.basename(weights.url.split("?")[0])
+
+
+def offline() -> bool:
+    return os.environ.get("INVKIT_OFFLINE", "") not in ("", "0")
+
+
+def _missing(name: str, weights, reason: str) -> InvkitError:
+    path = cached_file(weights)
+    return InvkitError(
+        f"weights {type(weights).__name__}.{weights.name} for {name} are not cached and "
+        f"{reason}: put {path.name} (from {weights.url}) in {path.parent}, or pass "
+        f"--weights FILE (or --weights none for random init)")
+
+
+def build(name: str, weights: str | None = None):
+    """A torchvision classifier as a :class:`~invkit.specs.Teacher`.
+
+    ``weights``: ``None``/``"DEFAULT"``, a weights name, or ``"none"``.
+    """
+    import torchvision
+
+    from invkit.specs import Teacher, TeacherMeta
+
+    weights = "DEFAULT" if weights is None else weights
+    if weights.lower() == "none":
+        info = describe(name)
+        # ViTs fix their input size at construction: build them for the metadata's size.
+        extra = {"image_size": info["input_size"]} if name.startswith("vit_") else {}
+        module = torchvision.models.get_model(name, weights=None,
+                                              num_classes=info["num_classes"], **extra)
+        label = "none"
+    else:
+        member = resolve_weights(name, weights)
+        info = _describe_weights(member)
+        module = _with_weights(name, member)
+        label = f"{type(member).__name__}.{member.name}"
+    meta = TeacherMeta(arch=name, input_size=info["input_size"], num_classes=info["num_classes"],
+                       mean=info["mean"], std=info["std"], class_names=info["class_names"],
+                       weights=label)
+    return Teacher(module=module.eval(), meta=meta, name=name)
+
+
+def _with_weights(name: str, member):
+    import torchvision
+
+    path = cached_file(member)
+    if not path.is_file():
+        if offline():
+            raise _missing(name, member, "INVKIT_OFFLINE is set")
+    previous = socket.getdefaulttimeout()
+    # A bounded wait: without a timeout an unreachable network can hang forever.
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+    try:
+        return torchvision.models.get_model(name, weights=member)
+    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections
+        if not path.is_file() or "urlopen" in str(error) or isinstance(error, socket.timeout):
+            raise _missing(name, member, f"could not be downloaded ({type(error).__name__})") \
+                from None
+        raise InvkitError(f"cannot read cached weights {path}: {error} (delete the file to "
+                          "download it again)") from None
+    except RuntimeError as error:
+        # A truncated or corrupted file in the cache (e.g. an interrupted download).
+        raise InvkitError(f"cannot read cached weights {path}: corrupted or truncated "
+                          f"({' '.join(str(error).split())[:120]}); delete it and try "
+                          "again") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def spec(name: str):
+    """The TeacherSpec of torchvision model ``name``."""
+    from invkit.specs import TeacherSpec
+
+    info = describe(name)
+    return TeacherSpec(
+        name, f"torchvision {name} ({info['num_classes']} classes, {info['input_size']} px)",
+        factory=functools.partial(build, name), source="torchvision",
+        input_size=info["input_size"], num_classes=info["num_classes"],
+        default_weights="DEFAULT")
+
+
+def teacher_specs():
+    """A TeacherSpec per torchvision classification model."""
+    return [spec(name) for name in model_names()]

@@ -1,0 +1,120 @@
+"""invkit.output: atomic writes, PNGs and grids, class folder names, the output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from invkit.errors import InvkitError
+from invkit.output import (
+    atomic_write_bytes, class_dirname, prepare_output_dir, save_grid, save_png, to_uint8, write_json,
+)
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "deep" / "file.bin"
+    atomic_write_bytes(path, b"one")
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert os.listdir(path.parent) == ["file.bin"]
+
+
+def test_atomic_write_interrupted_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "file.bin"
+    atomic_write_bytes(path, b"old")
+
+    def boom(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["file.bin"]  # the temporary file was removed
+
+
+def test_write_json_converts_tensors_and_nan(tmp_path):
+    write_json(tmp_path / "r.json", {"t": torch.tensor([1.5, 2.0]), "s": torch.tensor(3),
+                                     "nan": float("nan"), "p": tmp_path, "tuple": (1, 2)})
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data == {"t": [1.5, 2.0], "s": 3, "nan": "nan", "p": str(tmp_path), "tuple": [1, 2]}
+
+
+def test_save_png_round_trips_pixels(tmp_path):
+    image = torch.rand(3, 5, 7)
+    save_png(tmp_path / "a.png", image)
+    with Image.open(tmp_path / "a.png") as png:
+        assert png.size == (7, 5) and png.mode == "RGB"
+        pixels = torch.from_numpy(np.array(png)).permute(2, 0, 1)
+    assert torch.equal(pixels, to_uint8(image))
+    # Rounded like torchvision.utils.save_image (half up), clamped to [0, 1].
+    assert to_uint8(torch.tensor([0.5, -1.0, 2.0, 1 / 255])).tolist() == [128, 0, 255, 1]
+
+
+def test_save_grid_layout(tmp_path):
+    save_grid(tmp_path / "g.png", torch.zeros(5, 3, 4, 4))  # 3 per row, 2 rows, padding 2
+    with Image.open(tmp_path / "g.png") as png:
+        assert png.size == (3 * 6 + 2, 2 * 6 + 2)
+    save_grid(tmp_path / "h.png", torch.zeros(5, 3, 4, 4, dtype=torch.uint8), nrow=5)
+    with Image.open(tmp_path / "h.png") as png:
+        assert png.size == (5 * 6 + 2, 6 + 2)
+
+
+def test_class_dirname_pads_and_sanitises():
+    assert class_dirname(7, 10, "cat") == "007_cat"
+    assert class_dirname(7, 10, None) == "007"
+    assert class_dirname(42, 1000, "tench, Tinca tinca") == "042_tench_Tinca_tinca"
+    assert class_dirname(42, 20000, None) == "00042"
+    assert class_dirname(3, 10, "../../etc/passwd") == "003_etc_passwd"
+    assert class_dirname(3, 10, "///") == "003"
+    names = [class_dirname(i, 1000, None) for i in (5, 50, 500)]
+    assert names == sorted(names)  # lexical order is class order
+
+
+def test_prepare_output_dir_refuses_non_empty(tmp_path):
+    out = prepare_output_dir(tmp_path / "run")
+    assert out.is_dir()
+    prepare_output_dir(out)  # empty: fine
+    (out / "run.json").write_text("{}")
+    with pytest.raises(InvkitError, match="--resume.*--overwrite"):
+        prepare_output_dir(out)
+    assert prepare_output_dir(out, resume=True) == out
+    assert (out / "run.json").exists()
+    with pytest.raises(InvkitError, match="cannot be used together"):
+        prepare_output_dir(out, overwrite=True, resume=True)
+
+
+def test_prepare_output_dir_overwrite_removes_only_run_files(tmp_path):
+    out = tmp_path / "run"
+    (out / "images" / "000").mkdir(parents=True)
+    (out / "images" / "000" / "x.png").write_bytes(b"x")
+    (out / "manifest.jsonl").write_text("")
+    (out / "notes.txt").write_text("mine")
+    prepare_output_dir(out, overwrite=True)
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_prepare_output_dir_refuses_a_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(InvkitError, match="not a directory"):
+        prepare_output_dir(tmp_path / "f")
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from invkit.output import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
