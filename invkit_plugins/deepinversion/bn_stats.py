@@ -1,0 +1,103 @@
+"""The BatchNorm feature-statistics prior (``bn-stats``): DeepInversion's feature-distribution term.
+
+For every ``BatchNorm2d`` layer ``l`` of the teacher, the per-channel mean and *biased*
+variance of the layer's input (over batch and spatial dimensions) should match the
+running statistics the layer stored during training::
+
+    bn-stats = sum_l m_l * ( ||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2 )
+
+with ``m_l = first_bn_multiplier`` for the first BN layer in module order and 1 for the
+rest.
+
+Example:
+    >>> prior = BNStats(first_bn_multiplier=10.0)
+    >>> with (0.01 * prior).attached(Setup(teacher)):
+    ...     logits = teacher.module(x)          # the hooks record every layer's term
+    ...     loss = prior(Step(x, logits, targets, teacher))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from invkit.errors import InvkitError
+from invkit.objective import Prior, Setup, Step
+
+
+def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, biased variance) of ``x`` (N, C, H, W) in float32.
+
+    One fused reduction (``torch.var_mean``) instead of the permute + contiguous + view
+    copy of the published code; works on channels_last tensors as they are.
+    """
+    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+    return mean, var
+
+
+def bn_layer_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``||mu - running_mean||_2 + ||var - running_var||_2`` for one layer's input ``x``."""
+    mean, var = bn_input_stats(x)
+    return (torch.linalg.vector_norm(mean - bn.running_mean.float())
+            + torch.linalg.vector_norm(var - bn.running_var.float()))
+
+
+class BNStats(Prior):
+    """Match every BatchNorm2d input's batch statistics to the layer's running statistics.
+
+    Forward hooks are registered on the teacher in :meth:`setup` and removed in
+    :meth:`teardown`. Each forward pass overwrites the per-layer terms (so extra forwards,
+    e.g. for evaluation, never pile up); calling the prior sums the terms of the most
+    recent forward pass.
+
+    Example:
+        >>> objective = CrossEntropy() + 0.01 * BNStats(first_bn_multiplier=10)
+    """
+
+    name = "bn-stats"
+
+    def __init__(self, first_bn_multiplier: float = 10.0):
+        super().__init__(first_bn_multiplier=float(first_bn_multiplier))
+        self.first_bn_multiplier = float(first_bn_multiplier)
+        self._handles: list = []
+        self._terms: list[torch.Tensor | None] = []
+
+    def setup(self, setup: Setup) -> None:
+        layers = [m for m in setup.teacher.module.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not layers:
+            raise InvkitError(
+                f"prior bn-stats needs a teacher with BatchNorm2d layers; teacher "
+                f"{setup.teacher.name!r} has none (drop the term with --r-feature 0)"
+            )
+        self.teardown()
+        self._terms = [None] * len(layers)
+        for index, layer in enumerate(layers):
+            self._handles.append(layer.register_forward_hook(self._hook(index)))
+
+    def _hook(self, index: int):
+        def hook(module: nn.BatchNorm2d, inputs, output) -> None:
+            # Statistics and the loss in float32, whatever autocast does around us.
+            with torch.autocast(inputs[0].device.type, enabled=False):
+                self._terms[index] = bn_layer_loss(inputs[0], module)
+        return hook
+
+    def teardown(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._terms = []
+
+    def layer_losses(self) -> list[torch.Tensor]:
+        """The unweighted per-layer terms of the most recent forward pass (module order)."""
+        if not self._handles:
+            raise RuntimeError("bn-stats is not attached: use objective.attached(Setup(teacher))")
+        if any(t is None for t in self._terms):
+            raise RuntimeError("bn-stats: the teacher has not run since setup")
+        return list(self._terms)
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        terms = self.layer_losses()
+        total = self.first_bn_multiplier * terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total

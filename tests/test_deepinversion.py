@@ -1,0 +1,254 @@
+"""DeepInversion's loop: objective terms, stage plans and learning rates, determinism, bf16."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from invkit.errors import InvkitError
+from invkit.objective import Step, build_objective, parse_prior
+from invkit.priors import L2Norm, TotalVariation
+from invkit.registry import registry
+from invkit.specs import Stage
+from invkit_plugins.deepinversion import DeepInversion, DIConfig
+from invkit_plugins.deepinversion.method import augment
+from invkit_plugins.deepinversion.presets import (
+    IMAGENET_TARGETS, PRESETS, SETTINGS, preset_for_teacher, preset_priors,
+)
+from tests.di_tiny import tiny_teacher
+
+PRIORS = ["cross-entropy", "bn-stats:0.05,first_bn_multiplier=2", "tv-l2:1e-3", "l2:1e-5"]
+
+
+def objective(priors=PRIORS):
+    return build_objective([parse_prior(p) for p in priors])
+
+
+def small_config(**kw):
+    base = dict(plan=(Stage(6, 2), Stage(6, 1)), lr=0.1, jitter=2, flip=True, warmup=3)
+    base.update(kw)
+    return DIConfig(**base)
+
+
+# ------------------------------------------------------------------ loss terms (spec)
+
+
+def test_tv_terms_use_all_four_neighbour_differences():
+    x = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    d = {"h": [], "v": [], "d1": [], "d2": []}
+    n, c, h, w = x.shape
+    for b in range(n):
+        for ch in range(c):
+            for i in range(h):
+                for j in range(w):
+                    if j + 1 < w:
+                        d["h"].append(x[b, ch, i, j] - x[b, ch, i, j + 1])
+                    if i + 1 < h:
+                        d["v"].append(x[b, ch, i, j] - x[b, ch, i + 1, j])
+                    if i + 1 < h and j + 1 < w:
+                        # spec: d3 = x[1:, :-1] - x[:-1, 1:]; d4 = x[:-1, :-1] - x[1:, 1:]
+                        d["d1"].append(x[b, ch, i + 1, j] - x[b, ch, i, j + 1])
+                        d["d2"].append(x[b, ch, i, j] - x[b, ch, i + 1, j + 1])
+    tv2 = sum(math.sqrt(sum(float(v) ** 2 for v in vals)) for vals in d.values())
+    tv1 = sum(sum(abs(float(v)) for v in vals) / len(vals) for vals in d.values())
+    step = Step(x, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), tiny_teacher())
+    assert TotalVariation(p=2)(step).item() == pytest.approx(tv2, rel=1e-5)
+    assert TotalVariation(p=1)(step).item() == pytest.approx(tv1, rel=1e-5)
+    l2 = sum(math.sqrt(float((x[b] ** 2).sum())) for b in range(n)) / n
+    assert L2Norm()(step).item() == pytest.approx(l2, rel=1e-5)
+
+
+def test_default_objective_is_the_imagenet_preset():
+    assert preset_priors(PRESETS["imagenet"]) == [
+        "cross-entropy:1", "bn-stats:0.01,first_bn_multiplier=10", "tv-l2:0.0001", "l2:1e-05"]
+    method = DeepInversion(tiny_teacher())
+    assert method.objective.describe() == (
+        "1*cross-entropy + 0.01*bn-stats(first_bn_multiplier=10) + 0.0001*tv-l2 + 1e-05*l2")
+
+
+def test_presets_hold_the_published_defaults():
+    imagenet = PRESETS["imagenet"]
+    assert (imagenet.bs, imagenet.lr, imagenet.jitter, imagenet.flip, imagenet.setting) == \
+        (84, 0.2, 30, True, 0)
+    assert len(IMAGENET_TARGETS) == 42 and imagenet.targets == IMAGENET_TARGETS
+    assert imagenet.verifier == "mobilenet_v2"
+    cifar = PRESETS["cifar10"]
+    assert (cifar.bs, cifar.lr, cifar.jitter) == (256, 0.1, 2)
+    assert cifar.resolved_plan() == (Stage(2000),)
+    assert PRESETS["digits"].flip is False
+    assert preset_for_teacher("digits").name == "digits"
+    assert preset_for_teacher("cifar-resnet34").name == "cifar10"
+    assert preset_for_teacher("resnet50").name == "imagenet"
+
+
+# ------------------------------------------------------- settings, plans, learning rate
+
+
+def test_settings_match_the_spec():
+    assert SETTINGS[0].plan == (Stage(2000, 2), Stage(1000, 1))
+    assert SETTINGS[1].plan == (Stage(2000, 1),)
+    assert SETTINGS[2].plan == (Stage(20000, 1),)
+    assert SETTINGS[0].betas == SETTINGS[1].betas == (0.5, 0.9)
+    assert SETTINGS[2].betas == (0.9, 0.999)
+    assert SETTINGS[0].clip and SETTINGS[1].clip and not SETTINGS[2].clip
+    schedules = registry("schedule")
+    for setting in (0, 1, 2):
+        spec = schedules.get(f"deepinversion-setting-{setting}")
+        assert spec.kind == "plan" and spec.factory() == SETTINGS[setting].plan
+    assert schedules.get("deepinversion-setting-0").factory(iterations=300) == (
+        Stage(200, 2), Stage(100, 1))
+
+
+def test_iterations_override_splits_across_stages_in_proportion():
+    assert DIConfig(plan=SETTINGS[0].plan, iterations=300).stages() == (
+        Stage(200, 2), Stage(100, 1))
+    assert DIConfig(plan=SETTINGS[2].plan, iterations=50).stages() == (Stage(50, 1),)
+    with pytest.raises(InvkitError, match="iterations 1 is too few"):
+        DIConfig(plan=SETTINGS[0].plan, iterations=1)
+
+
+def spec_lr(base, i, n, warmup=100):
+    if i < warmup:
+        return base * (i + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (i - warmup) / (n - warmup)))
+
+
+@pytest.mark.parametrize("setting", [0, 1, 2])
+def test_loop_follows_the_setting_plan_lr_and_fresh_adam(setting, monkeypatch):
+    """Per stage: warm-up 100 + cosine; Adam re-created with the setting's betas;
+    the teacher sees half resolution in the pooled stage."""
+    made = []
+
+    class SpyAdam(torch.optim.Adam):
+        def __init__(self, params, **kw):
+            made.append(kw)
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", SpyAdam)
+    plan = DIConfig(plan=SETTINGS[setting].plan, iterations=180 if setting == 0 else 120).stages()
+    s = SETTINGS[setting]
+    config = DIConfig(plan=plan, lr=0.2, betas=s.betas, clip=s.clip, jitter=0, flip=False)
+    teacher = tiny_teacher()
+    sizes = []
+    handle = teacher.module.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-1]))
+    seen = []
+    try:
+        DeepInversion(teacher, objective(), config=config).generate(
+            [0, 1], callback=lambda cp: seen.append((cp.stage, cp.stage_iteration, cp.lr)))
+    finally:
+        handle.remove()
+    assert len(made) == len(plan)
+    assert all(kw["betas"] == s.betas and kw["eps"] == 1e-8 for kw in made)
+    for stage_index, stage in enumerate(plan, start=1):
+        lrs = [lr for st, _, lr in seen if st == stage_index]
+        assert len(lrs) == stage.iterations
+        assert lrs == pytest.approx([spec_lr(0.2, i, stage.iterations)
+                                     for i in range(stage.iterations)])
+    expected_sizes = [16 // st.downsample for st in plan for _ in range(st.iterations)]
+    assert sizes[:len(expected_sizes)] == expected_sizes
+
+
+def test_augment_pools_before_jitter_and_scales_the_jitter():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    rng = random.Random(5)
+    out = augment(x, 2, 4, False, rng)
+    r = random.Random(5)  # the same draws augment made
+    dx, dy = r.randint(-2, 2), r.randint(-2, 2)
+    pooled = torch.nn.functional.avg_pool2d(x, 2)
+    assert torch.equal(out, torch.roll(pooled, shifts=(dx, dy), dims=(2, 3)))
+    flips = [not torch.equal(augment(x, 1, 0, True, rng), x) for _ in range(200)]
+    assert 60 < sum(flips) < 140  # about half the iterations flip
+
+
+# -------------------------------------------------------------------------- the loop
+
+
+def test_generate_returns_images_losses_and_predictions():
+    teacher = tiny_teacher()
+    before = [p.detach().clone() for p in teacher.module.parameters()]
+    result = DeepInversion(teacher, objective(), config=small_config(),
+                           verifier=tiny_teacher(1)).generate([0, 1, 2, 3, 0], seed=1)
+    assert result.images01.shape == (5, 3, 16, 16)
+    assert 0 <= result.images01.min() and result.images01.max() <= 1
+    assert set(result.losses) == {"cross-entropy", "bn-stats", "tv-l2", "l2", "total",
+                                  "best_total"}
+    assert all(math.isfinite(v) for v in result.losses.values())
+    assert result.teacher_pred.shape == (5,) and result.verifier_pred.shape == (5,)
+    assert len(result.timings) == 2 and result.its_per_s > 0
+    # teacher untouched: no weight gradients, weights equal, flags restored
+    assert all(p.grad is None for p in teacher.module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.module.parameters()))
+    assert all(p.requires_grad for p in teacher.module.parameters())
+    assert not any(m._forward_hooks for m in teacher.module.modules())
+
+
+def test_clipping_keeps_pixels_in_the_valid_range():
+    teacher = tiny_teacher()
+    result = DeepInversion(teacher, objective(), config=small_config(lr=2.0)).generate(
+        [0, 1], seed=0)
+    low, high = teacher.pixel_bounds(result.inputs)
+    assert (result.inputs >= low - 1e-6).all() and (result.inputs <= high + 1e-6).all()
+
+
+def test_best_iterate_is_the_lowest_total_of_the_final_stage():
+    totals = []
+    config = small_config(save_every=1)
+    result = DeepInversion(tiny_teacher(), objective(), config=config).generate(
+        [0, 1, 2], seed=2,
+        callback=lambda cp: totals.append(cp.losses["total"]) if cp.stage == 2 else None)
+    assert len(totals) == 6
+    assert result.losses["best_total"] == pytest.approx(min(totals))
+
+
+def test_losses_are_read_back_only_at_checkpoints():
+    events = []
+    DeepInversion(tiny_teacher(), objective(), config=small_config(save_every=5)).generate(
+        [0, 1], callback=events.append)
+    with_losses = [e.iteration for e in events if e.losses is not None]
+    assert [e.iteration for e in events] == list(range(1, 13))
+    assert with_losses == [5, 10, 12]
+    assert all(e.inputs is not None for e in events if e.losses is not None)
+
+
+def test_deterministic_on_cpu_with_a_seed():
+    def run(seed):
+        return DeepInversion(tiny_teacher(), objective(), config=small_config()).generate(
+            [0, 1, 2], seed=seed)
+
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a.images01, b.images01)
+    assert a.losses == b.losses
+    assert not torch.equal(a.images01, c.images01)
+
+
+def test_bf16_path_runs_on_cpu():
+    result = DeepInversion(tiny_teacher(), objective(),
+                           config=small_config(amp="bf16")).generate([0, 1], seed=0)
+    assert result.images01.dtype == torch.float32 and result.inputs.dtype == torch.float32
+    assert all(math.isfinite(v) for v in result.losses.values())
+
+
+def test_adaptive_deepinversion_with_a_student():
+    obj = objective(PRIORS + ["adi:0.2"])
+    result = DeepInversion(tiny_teacher(), obj, config=small_config(),
+                           student=tiny_teacher(1, name="student")).generate([0, 1], seed=0)
+    assert 0 <= result.losses["adi"] <= 1
+
+
+def test_bad_targets_are_one_line_errors():
+    method = DeepInversion(tiny_teacher(), objective(), config=small_config())
+    with pytest.raises(InvkitError, match="target 9 is out of range"):
+        method.generate([0, 9])
+    with pytest.raises(InvkitError, match="amp 'fp8'"):
+        DIConfig(amp="fp8")
+
+
+def test_fp16_scaler_and_channels_last_path_runs():
+    """The CUDA code path (gradient scaler, fused Adam, channels_last), exercised on CPU."""
+    config = small_config(amp="fp16", channels_last=True)
+    result = DeepInversion(tiny_teacher(), objective(), config=config).generate([0, 1], seed=0)
+    assert all(math.isfinite(v) for v in result.losses.values())
+    assert result.inputs.dtype == torch.float32
