@@ -173,3 +173,12 @@ def test_multi_batch_run_keeps_progress_of_the_first_batch_and_resumes(invoke, t
     again = run_tiny(invoke, out, *args, "--resume")
     assert again.exit_code == 0, again.output
     assert (out / "manifest.jsonl").read_text() == manifest
+
+
+def test_dry_run_validates_teacher_and_verifier_names(invoke):
+    result = invoke("run", "deepinversion", "--arch", "resnet5", "--weights", "none", "--dry-run")
+    assert result.exit_code == 2 and "unknown teacher 'resnet5'" in result.output
+    assert "resnet50" in result.output and result.output.count("\n") == 1
+    result = invoke("run", "deepinversion", "--teacher", "digits", "--verifier-arch",
+                    "digts-verifier", "--dry-run")
+    assert result.exit_code == 2 and "did you mean: digits-verifier" in result.output

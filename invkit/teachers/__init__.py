@@ -89,6 +89,25 @@ def load_teacher(spec: str | None, arch: str | None = None, weights: str | None 
     return teacher
 
 
+def find_teacher(spec: str | None, arch: str | None = None) -> TeacherSpec | None:
+    """The record a teacher spec names, checked without building or loading anything.
+
+    Used by ``--dry-run`` so a misspelt name fails before any work. ``None`` for
+    ``checkpoint:PATH`` without ``arch`` (the file itself names its architecture).
+
+    Example:
+        >>> find_teacher("resnet5")
+        InvkitError: unknown teacher 'resnet5'; did you mean: resnet50, resnet34, ...
+    """
+    name = spec or arch
+    if not name:
+        raise InvkitError("no teacher given: pass --teacher SPEC or --arch NAME "
+                          "(see 'invkit teachers list')")
+    if name.startswith(CHECKPOINT):
+        return _record(arch) if arch else None
+    return _record(name)
+
+
 def _record(spec: str) -> TeacherSpec:
     if spec.startswith(TORCHVISION):
         from invkit.teachers import torchvision_models

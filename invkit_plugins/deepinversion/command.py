@@ -168,8 +168,9 @@ def resolve(opts: dict) -> dict:
     targets, targets_source = opts["targets"], "--targets"
     if targets is None and not opts["random_label"] and preset.targets is not None:
         targets, targets_source = preset.targets, f"preset {preset.name}"
-    exp_name = opts["exp_name"] or re.sub(
-        r"[^A-Za-z0-9._-]+", "_", f"{preset.name}-{Path(str(teacher_spec)).name}")
+    teacher_name = Path(str(teacher_spec)).name
+    default_name = teacher_name if teacher_name == preset.name else f"{preset.name}-{teacher_name}"
+    exp_name = opts["exp_name"] or re.sub(r"[^A-Za-z0-9._-]+", "_", default_name)
     output = opts["output"] or Path("generations") / exp_name
 
     from invkit_plugins.deepinversion.method import DIConfig
@@ -222,6 +223,12 @@ def run_command(opts: dict) -> None:
     resolved = resolve(opts)
     record, objective, config = resolved["record"], resolved["objective"], resolved["config"]
     if opts["dry_run"]:
+        from invkit.teachers import find_teacher
+
+        find_teacher(record["teacher"], opts["arch"] if opts["teacher"] else None)
+        for spec in (record["verifier"], record["student"]):
+            if spec:
+                find_teacher(spec)
         click.echo(f"objective: {objective.describe()}")
         click.echo("config:")
         for key, value in record.items():
