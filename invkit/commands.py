@@ -1,10 +1,179 @@
-"""Built-in top-level commands contributed through the ``invkit_commands`` hook."""
+"""Built-in top-level commands contributed through the ``invkit_commands`` hook:
+``invkit eval`` (how recognisable generated images are) and ``invkit distill``
+(data-free knowledge distillation on them).
+
+Example::
+
+    invkit eval generations/digits --verifier-arch digits-verifier
+    invkit distill --teacher digits --student digits-verifier --data generations/digits \\
+        --test-data digits --epochs 30 --no-flip --output students/digits
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import click
+
+from invkit.cli.options import teacher_options
 from invkit.hookspecs import hookimpl
+
+
+def _load(spec: str | None, arch: str | None = None, weights: str | None = None,
+          trust_checkpoint: bool = False, device: str = "cpu"):
+    from invkit.teachers import load_teacher
+
+    return load_teacher(spec, arch=arch, weights=weights, trust_checkpoint=trust_checkpoint,
+                        device=device)
+
+
+@click.command("eval")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--verifier-arch", "--verifier_arch", "verifier", required=True, metavar="SPEC",
+              help="The classifier that judges the images: any teacher spec "
+                   "(a registered name, torchvision:NAME, checkpoint:PATH).")
+@click.option("--verifier-weights", default=None, metavar="WEIGHTS",
+              help="Weights for the verifier (default: the spec's own).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow full unpickling of a checkpoint file (only for files you trust).")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the verifier runs (cpu, cuda, cuda:1, ...).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the summary line.")
+def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_size, device,
+                 quiet):
+    """Accuracy of a verifier on the generated images in DIRECTORY (writes DIRECTORY/eval.json).
+
+    \b
+    Example:
+      invkit eval generations/digits --verifier-arch digits-verifier
+    """
+    from invkit.data import find_layout
+    from invkit.evaluate import evaluate_dir, per_class_table
+
+    find_layout(directory)  # a missing or empty directory fails before loading a network
+    network = _load(verifier, weights=verifier_weights, trust_checkpoint=trust_checkpoint,
+                    device=device)
+    report = evaluate_dir(directory, network, batch_size=batch_size)
+    if not quiet:
+        from rich.console import Console
+
+        Console().print(per_class_table(report, title=f"{network.name} on {directory}"))
+    top5 = f", top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
+    click.echo(f"{network.name}: top-1 {100 * report['top1']:.2f}%{top5} on {report['images']} "
+               f"images (written to {directory / 'eval.json'})")
+
+
+@click.command("distill")
+@teacher_options
+@click.option("--student", required=True, metavar="SPEC",
+              help="The student architecture: any teacher spec (trained from scratch).")
+@click.option("--student-weights", default="none", show_default=True, metavar="WEIGHTS",
+              help="Initial student weights ('none' = random initialisation).")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Generated images (ImageFolder or shard dir); repeat to combine several.")
+@click.option("--test-data", default=None, metavar="DIR|digits",
+              help="Real images to evaluate on after every epoch: an ImageFolder, or 'digits' "
+                   "(the held-out digits split).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Where to write student.safetensors and distill.json "
+                   "[default: students/<student>-from-<teacher>].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory's files.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1),
+              help="Passes over the generated images.")
+@click.option("--batch-size", "--bs", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Training batch size.")
+@click.option("--lr", default=None, type=float,
+              help="Peak learning rate, cosine-decayed to 0 [default: 0.05 sgd, 0.001 adam].")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
+              help="SGD with Nesterov momentum, or Adam.")
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
+              help="L2 weight decay of the student.")
+@click.option("--temperature", "-T", default=4.0, show_default=True, type=float,
+              help="Softmax temperature of the KD loss (the loss is scaled by T^2).")
+@click.option("--padding", default=None, type=click.IntRange(min=0),
+              help="Random-crop padding in pixels [default: input size / 8].")
+@click.option("--flip/--no-flip", default=None,
+              help="Random horizontal flips [default: on, off for the digits teachers, "
+                   "since digits are not mirror-invariant].")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of initialisation, shuffling and augmentation.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where training runs (cpu, cuda, cuda:1, ...).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar: one plain line per epoch.")
+def distill_command(teacher, arch, weights, trust_checkpoint, student, student_weights, data,
+                    test_data, output, overwrite, epochs, batch_size, lr, optimizer,
+                    weight_decay, temperature, padding, flip, seed, device, quiet):
+    """Train a student on generated images to match the teacher (knowledge distillation).
+
+    \b
+    Example:
+      invkit distill --teacher digits --student digits-verifier \\
+          --data generations/digits --test-data digits --no-flip
+    """
+    from invkit.data import load_image_dataset, load_test_data
+    from invkit.distill import DistillConfig, distill, save_distilled
+    from invkit.errors import InvkitError
+    from invkit.progress import ProgressDisplay
+
+    if teacher is None and arch is None:
+        raise InvkitError("no teacher given: pass --teacher SPEC (see 'invkit teachers list')")
+    if flip is None:
+        flip = not str(teacher or arch).startswith("digits")
+    if lr is None:
+        lr = 1e-3 if optimizer == "adam" else 0.05
+    config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                           weight_decay=weight_decay, temperature=temperature, padding=padding,
+                           flip=flip, seed=seed, device=device)
+    images, targets = load_image_dataset(data)
+    teacher_net = _load(teacher, arch=arch, weights=weights, trust_checkpoint=trust_checkpoint,
+                        device=device)
+    _seed_torch(seed)  # the student's random initialisation
+    student_net = _load(student, weights=student_weights, device=device)
+    if output is None:
+        output = Path("students") / f"{_slug(student_net.name)}-from-{_slug(teacher_net.name)}"
+    _prepare(output, overwrite)
+    test = load_test_data(test_data, size=student_net.meta.input_size) if test_data else None
+    click.echo(f"distilling {teacher_net.name} -> {student_net.name} on {images.shape[0]} images "
+               f"from {len(data)} dir(s), {epochs} epochs", err=True)
+    with ProgressDisplay(quiet=quiet) as progress:
+        result = distill(teacher_net, student_net, images, targets, config=config, test=test,
+                         progress=progress)
+    path = save_distilled(result, output, teacher_net,
+                          extra={"data": [str(d) for d in data], "images": int(images.shape[0]),
+                                 "test_data": test_data})
+    line = f"student saved to {path} (use it as --teacher checkpoint:{path})"
+    if result.final_test_acc is not None:
+        line += (f"; test accuracy {100 * result.final_test_acc:.2f}% "
+                 f"(teacher {100 * result.teacher_test_acc:.2f}%)")
+    click.echo(line)
+
+
+def _seed_torch(seed: int) -> None:
+    """Seed torch's global generator (the student's initialisation and dropout)."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "model"
+
+
+def _prepare(output: Path, overwrite: bool) -> None:
+    """Refuse to mix a new student into an old run directory unless --overwrite."""
+    from invkit.errors import InvkitError
+
+    taken = [name for name in ("student.safetensors", "distill.json") if (output / name).exists()]
+    if taken and not overwrite:
+        raise InvkitError(f"output directory {str(output)!r} already holds {taken[0]}; "
+                          "pass --overwrite to replace it or choose another --output")
+    output.mkdir(parents=True, exist_ok=True)
 
 
 @hookimpl
 def invkit_commands(cli):
-    """``invkit eval`` and ``invkit distill`` (see :mod:`invkit.distill`)."""
+    """``invkit eval`` and ``invkit distill`` (see :mod:`invkit.evaluate`, :mod:`invkit.distill`)."""
+    cli.add_command(eval_command)
+    cli.add_command(distill_command)

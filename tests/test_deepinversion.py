@@ -238,6 +238,25 @@ def test_adaptive_deepinversion_with_a_student():
     assert 0 <= result.losses["adi"] <= 1
 
 
+def test_adi_student_sees_its_own_input_size():
+    """A student with a fixed-size head still works in a half-resolution stage."""
+    from invkit.specs import Teacher, TeacherMeta
+
+    teacher = tiny_teacher()
+    size = teacher.meta.input_size
+    seen = []
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * size * size,
+                                                                   teacher.meta.num_classes))
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    meta = TeacherMeta("fixed", input_size=size, num_classes=teacher.meta.num_classes,
+                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    student = Teacher(head, meta, "fixed")
+    config = small_config(plan=(Stage(3, 2), Stage(2, 1)), jitter=0, flip=False)
+    DeepInversion(teacher, objective(PRIORS + ["adi:0.2"]), config=config,
+                  student=student).generate([0, 1], seed=0)
+    assert len(seen) >= 5 and all(x.shape[-2:] == (size, size) for x in seen)
+
+
 def test_bad_targets_are_one_line_errors():
     method = DeepInversion(tiny_teacher(), objective(), config=small_config())
     with pytest.raises(InvkitError, match="target 9 is out of range"):

@@ -25,6 +25,26 @@ from invkit.specs import Teacher
 CLAMP = (0.01, 0.99)
 
 
+def student_view(step: Step, student: Teacher) -> torch.Tensor:
+    """The teacher's input as the student expects it: its normalisation and input size.
+
+    In a low-resolution stage the view is smaller than a fixed-size student accepts, and a
+    student trained with other channel statistics needs its own normalisation.
+
+    Example:
+        >>> student_view(step, student).shape[-1] == student.meta.input_size
+        True
+    """
+    x = step.inputs
+    teacher = step.teacher
+    if (teacher.meta.mean, teacher.meta.std) != (student.meta.mean, student.meta.std):
+        x = student.normalize(teacher.denormalize(x))
+    size = student.meta.input_size
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
+
+
 def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      temperature: float = 3.0) -> torch.Tensor:
     """``1 - clamp(JS(P, Q), 0, 1)`` with clamped probabilities (float32).
@@ -93,7 +113,7 @@ class Competition(Prior):
         if logits is None:
             if self.student is None:
                 raise RuntimeError("adi is not attached: use objective.attached(Setup(...))")
-            logits = self.student.module(step.inputs)
+            logits = self.student.module(student_view(step, self.student))
             step.extras["student_logits"] = logits
         return logits.detach() if self.detach else logits
 

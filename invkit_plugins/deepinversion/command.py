@@ -236,7 +236,9 @@ def run_command(opts: dict) -> None:
         return
 
     from invkit.dataset import GeneratedBatch, generate_dataset, plan_batches
-    from invkit.distributed import init_distributed, is_main_process, local_device
+    from invkit.distributed import (
+        init_distributed, is_main_process, local_device, shutdown_distributed,
+    )
     from invkit.output import save_grid
     from invkit.progress import ProgressDisplay
     from invkit.teachers import check_verifier, load_teacher
@@ -320,6 +322,7 @@ def run_command(opts: dict) -> None:
         )
     if is_main_process():
         click.echo(_summary_line(summary, out_dir))
+    shutdown_distributed()  # under torchrun this ends the process
 
 
 def _summary_line(summary: dict, out_dir: Path) -> str:

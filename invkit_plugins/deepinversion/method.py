@@ -272,11 +272,9 @@ class DeepInversion:
                     view = augment(x, stage.downsample, cfg.jitter, cfg.flip, rng)
                     with autocast:
                         logits = module(view)
-                        extras = {}
-                        if student is not None:
-                            extras["student_logits"] = student.module(view)
+                        # The adi prior runs the student (from Setup) on this view itself.
                         step = Step(inputs=view, logits=logits, targets=targets,
-                                    teacher=self.teacher, iteration=done, extras=extras)
+                                    teacher=self.teacher, iteration=done)
                         total, terms = self.objective(step)
                     total = total.float()
                     optimizer.zero_grad(set_to_none=True)

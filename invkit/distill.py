@@ -1,0 +1,334 @@
+"""Data-free knowledge distillation: train a student on generated images to match a teacher.
+
+The loss is Hinton's knowledge-distillation loss, ``T^2 * KL(softmax(t/T) || softmax(s/T))``
+(batch mean), on augmented copies of the images that both networks see (random crop
+after padding, optional horizontal flip). The learning rate warms up linearly, then
+follows a cosine decay to 0; the gradient norm is clipped; SGD with momentum or Adam.
+The student is evaluated on real test images after every epoch.
+
+Example:
+    >>> from invkit.teachers import load_teacher
+    >>> from invkit.data import load_image_dataset, load_test_data
+    >>> teacher = load_teacher("digits")
+    >>> student = load_teacher("digits-verifier", weights="none")
+    >>> images, targets = load_image_dataset(["generations/digits"])
+    >>> result = distill(teacher, student, images, targets, test=load_test_data("digits"),
+    ...                  config=DistillConfig(epochs=30, flip=False))
+    >>> result.history[-1]["test_acc"]
+    0.93
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from invkit.data import to_float01
+from invkit.errors import InvkitError
+from invkit.evaluate import predict_logits
+from invkit.output import write_json
+from invkit.progress import ProgressDisplay
+from invkit.schedules import warmup_cosine
+from invkit.specs import Teacher
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Training settings of :func:`distill`.
+
+    ``padding=None`` pads by 1/8 of the student's input size before the random crop
+    (4 px at 32 px). ``flip`` should be off for data that is not mirror-invariant
+    (digits). ``lr`` is the peak rate, reached by a linear warm-up over
+    ``warmup_epochs`` and decayed by a cosine to 0. ``grad_clip`` caps the gradient
+    norm: a confident teacher's T^2-scaled targets can otherwise blow up a student
+    without BatchNorm at SGD rates (measured: NaN by epoch 5 at lr 0.05 on real digits).
+
+    Example:
+        >>> DistillConfig(epochs=5, optimizer="adam", lr=1e-3, flip=False)
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    warmup_epochs: int = 1
+    grad_clip: float | None = 5.0
+    padding: int | None = None
+    flip: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 512
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise InvkitError(f"optimizer {self.optimizer!r} is not one of: "
+                              f"{', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise InvkitError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise InvkitError(f"{name}={getattr(self, name)} must be positive")
+        if self.warmup_epochs < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
+            raise InvkitError(f"warmup_epochs={self.warmup_epochs} must be 0 or more and "
+                              f"grad_clip={self.grad_clip} positive (or None)")
+        if self.padding is not None and self.padding < 0:
+            raise InvkitError(f"padding={self.padding} must be 0 or more")
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` returns: the trained student and its learning curve."""
+
+    student: Teacher
+    config: DistillConfig
+    history: list[dict] = field(default_factory=list)
+    teacher_test_acc: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def final_test_acc(self) -> float | None:
+        return self.history[-1].get("test_acc") if self.history else None
+
+    def summary(self) -> dict:
+        """A JSON-ready record (what ``distill.json`` holds, less the caller's extras)."""
+        return {
+            "student": self.student.name,
+            "student_arch": self.student.meta.arch,
+            "config": dataclasses.asdict(self.config),
+            "teacher_test_acc": self.teacher_test_acc,
+            "final_test_acc": self.final_test_acc,
+            "best_test_acc": max((h["test_acc"] for h in self.history if "test_acc" in h),
+                                 default=None),
+            "seconds": round(self.seconds, 2),
+            "epochs": self.history,
+        }
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """``T^2 * KL(p_teacher || p_student)`` with both softmaxes at temperature ``T`` (batch mean).
+
+    The ``T^2`` keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
+
+    Example:
+        >>> kd_loss(torch.zeros(2, 10), torch.zeros(2, 10), 4.0)
+        tensor(0.)
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature ** 2
+
+
+def augment(images01: torch.Tensor, padding: int, flip: bool,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (after replicate-padding by ``padding``) and optional horizontal flip.
+
+    Replicate padding (not zeros) so the shifted-in border matches the background
+    whatever its colour. One crop offset and one flip decision per image.
+
+    Example:
+        >>> augment(torch.rand(8, 3, 32, 32), padding=4, flip=True).shape
+        torch.Size([8, 3, 32, 32])
+    """
+    n, _, h, w = images01.shape
+    out = images01
+    if padding > 0:
+        padded = F.pad(images01, (padding,) * 4, mode="replicate")
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images01.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images01.device)
+        rows = dy[:, None] + torch.arange(h, device=images01.device)  # (N, H)
+        cols = dx[:, None] + torch.arange(w, device=images01.device)  # (N, W)
+        batch = torch.arange(n, device=images01.device)[:, None, None]
+        # Advanced indices around a slice: the result is (N, H, W, C).
+        out = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(images01.device)
+        out = torch.where(mask[:, None, None, None], out.flip(-1), out)
+    return out.contiguous()
+
+
+def network_inputs(network: Teacher, images01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] resized to ``network``'s input size and normalised for it."""
+    size = network.meta.input_size
+    if images01.shape[-1] != size or images01.shape[-2] != size:
+        images01 = F.interpolate(images01, size=(size, size), mode="bilinear",
+                                 antialias=True, align_corners=False)
+    return network.normalize(images01)
+
+
+def accuracy_on(network: Teacher, test: tuple[torch.Tensor, torch.Tensor],
+                  batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``network`` on ``test`` = (images, targets)."""
+    images, targets = test
+    logits = predict_logits(network, images, batch_size)
+    return (logits.argmax(1) == targets.cpu()).float().mean().item()
+
+
+def _optimizer(config: DistillConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def _check_pair(teacher: Teacher, student: Teacher) -> None:
+    if teacher.meta.num_classes != student.meta.num_classes:
+        raise InvkitError(f"student {student.name!r} has {student.meta.num_classes} classes but "
+                          f"teacher {teacher.name!r} has {teacher.meta.num_classes}; "
+                          "pick a student built for the teacher's classes")
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def distill(teacher: Teacher, student: Teacher, images: torch.Tensor,
+            targets: torch.Tensor | None = None, *, config: DistillConfig = DistillConfig(),
+            test: tuple[torch.Tensor, torch.Tensor] | None = None,
+            progress: ProgressDisplay | None = None,
+            on_epoch: EpochCallback | None = None) -> DistillResult:
+    """Train ``student`` (in place) to match ``teacher`` on ``images`` (uint8 or float in [0, 1]).
+
+    ``targets`` (the classes the images were generated for) are used only to report
+    training accuracy; the loss reads the teacher's outputs alone. ``test`` =
+    (images, targets) of real data, evaluated after every epoch. ``on_epoch`` gets each
+    epoch's record (``epoch``, ``lr``, ``loss``, ``train_agree``, ``train_acc``, ``test_acc``).
+
+    Example:
+        >>> result = distill(teacher, student, images, targets, config=DistillConfig(epochs=2))
+        >>> [round(h["loss"], 3) for h in result.history]
+        [1.203, 0.871]
+    """
+    _check_pair(teacher, student)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise InvkitError(f"no training images (got a tensor of shape {tuple(images.shape)})")
+    device = torch.device(config.device)
+    generator = torch.Generator().manual_seed(config.seed)
+    teacher.module.to(device).eval()
+    for p in teacher.module.parameters():
+        p.requires_grad_(False)  # no weight gradients for the teacher, ever
+    student.module.to(device)
+    params = [p for p in student.module.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params)
+    padding = config.padding if config.padding is not None else student.meta.input_size // 8
+    n = images.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    schedule = warmup_cosine(warmup=min(config.warmup_epochs * steps_per_epoch, total - 1))
+    result = DistillResult(student=student, config=config)
+    if test is not None:
+        result.teacher_test_acc = accuracy_on(teacher, test, config.eval_batch_size)
+
+    start = time.perf_counter()
+    if progress is not None:
+        progress.start_task(f"distill {teacher.name} -> {student.name}", total)
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(n, generator=generator)
+        steps = [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+        first_step = (epoch - 1) * steps_per_epoch
+        lrs = [config.lr * schedule(first_step + i, total) for i in range(len(steps))]
+        record = {"epoch": epoch, "lr": lrs[-1]}
+        record.update(_train_epoch(teacher, student, optimizer, images, targets, steps, lrs,
+                                   padding, config, generator, progress))
+        if test is not None:
+            record["test_acc"] = accuracy_on(student, test, config.eval_batch_size)
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        result.history.append(record)
+        if progress is not None:
+            progress.report({"epoch": epoch, "loss": record["loss"],
+                             "train_agree": record["train_agree"]}, record.get("test_acc"))
+        if on_epoch is not None:
+            on_epoch(record)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _train_epoch(teacher: Teacher, student: Teacher, optimizer: torch.optim.Optimizer,
+                 images: torch.Tensor, targets: torch.Tensor | None, steps: list[torch.Tensor],
+                 lrs: list[float], padding: int, config: DistillConfig,
+                 generator: torch.Generator, progress: ProgressDisplay | None) -> dict:
+    """One pass over ``steps`` (index batches); returns the epoch's mean loss and accuracies."""
+    device = torch.device(config.device)
+    net = student.module
+    net.train()
+    # Sums stay on the device: one sync per epoch, not per step.
+    loss_sum = torch.zeros((), device=device)
+    agree = torch.zeros((), dtype=torch.int64, device=device)
+    hits = torch.zeros((), dtype=torch.int64, device=device)
+    for index, lr in zip(steps, lrs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x01 = augment(to_float01(images[index]).to(device), padding, config.flip, generator)
+        with torch.no_grad():
+            teacher_logits = teacher.module(network_inputs(teacher, x01))
+        student_logits = net(network_inputs(student, x01))
+        loss = kd_loss(student_logits, teacher_logits, config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            pred = student_logits.argmax(1)
+            loss_sum += loss.detach() * index.numel()
+            agree += (pred == teacher_logits.argmax(1)).sum()
+            if targets is not None:
+                hits += (pred == targets[index].to(device)).sum()
+        if progress is not None:
+            progress.advance()
+    net.eval()
+    n = sum(index.numel() for index in steps)
+    record = {"loss": loss_sum.item() / n, "train_agree": agree.item() / n}
+    if targets is not None:
+        record["train_acc"] = hits.item() / n
+    return record
+
+
+def save_distilled(result: DistillResult, out_dir: Path | str, teacher: Teacher | None = None,
+                   extra: dict | None = None) -> Path:
+    """Save the student (``student.safetensors``, loadable as ``checkpoint:PATH``) and
+    ``distill.json`` (config, per-epoch curve, ``extra``) into ``out_dir``; returns the
+    weights path.
+
+    The student inherits the teacher's class names when it has none, so the saved file
+    can serve as a verifier or teacher later with readable classes.
+
+    Example:
+        >>> path = save_distilled(result, "runs/student", teacher)
+        >>> load_teacher(f"checkpoint:{path}").meta.arch
+        'digits-verifier'
+    """
+    from invkit.teachers import save_teacher
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "student.safetensors"
+    student = result.student
+    if teacher is not None and student.meta.class_names is None and teacher.meta.class_names:
+        student = dataclasses.replace(
+            student, meta=dataclasses.replace(student.meta, class_names=teacher.meta.class_names))
+        result.student = student
+    save_teacher(student, path)
+    record = {**result.summary(), "weights": str(path)}
+    if teacher is not None:
+        record["teacher"] = teacher.name
+    record.update(extra or {})
+    write_json(out_dir / "distill.json", record)
+    return path
+
+
+__all__ = ["DistillConfig", "DistillResult", "kd_loss", "augment", "network_inputs",
+           "accuracy_on", "distill", "save_distilled"]
