@@ -258,6 +258,10 @@ def generate_dataset(batches: Sequence[Batch], generate: Callable[[Batch], Gener
     Returns the summary written into ``run.json`` (on every rank). Raises
     :class:`RunInterrupted` on SIGINT/SIGTERM after saving the completed batches.
 
+    Under torchrun, a program should end with
+    :func:`invkit.distributed.shutdown_distributed` after this returns (as
+    ``invkit run`` does), so that gloo's threads cannot abort a finished worker.
+
     Example:
         >>> plan = plan_batches(num_classes=10, batch_size=84, images_per_class=100, seed=0)
         >>> summary = generate_dataset(plan, method_generate, Path("generations/digits"),

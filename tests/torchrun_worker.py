@@ -13,7 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.*
 
 from invkit.dataset import generate_dataset, plan_batches  # noqa: E402
-from invkit.distributed import dist_env, init_distributed  # noqa: E402
+from invkit.distributed import (  # noqa: E402
+    dist_env, init_distributed, shutdown_distributed,
+)
 from tests.dataset_fakes import fake_generate  # noqa: E402
 
 PLAN = dict(num_classes=10, batch_size=3, num_batches=5, seed=11, random_labels=True)
@@ -36,3 +38,4 @@ if __name__ == "__main__":
     assert env.world_size == 2, env  # launched by torchrun
     write(Path(sys.argv[1]), resume="--resume" in sys.argv)
     print(f"rank {dist_env().rank} done", flush=True)
+    shutdown_distributed()  # as `invkit run` does: a clean exit under torchrun
