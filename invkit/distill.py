@@ -161,15 +161,6 @@ def augment(images01: torch.Tensor, padding: int, flip: bool,
     return out.contiguous()
 
 
-def network_inputs(network: Teacher, images01: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] resized to ``network``'s input size and normalised for it."""
-    size = network.meta.input_size
-    if images01.shape[-1] != size or images01.shape[-2] != size:
-        images01 = F.interpolate(images01, size=(size, size), mode="bilinear",
-                                 antialias=True, align_corners=False)
-    return network.normalize(images01)
-
-
 def accuracy_on(network: Teacher, test: tuple[torch.Tensor, torch.Tensor],
                   batch_size: int = 512) -> float:
     """Top-1 accuracy of ``network`` on ``test`` = (images, targets)."""
@@ -273,8 +264,8 @@ def _train_epoch(teacher: Teacher, student: Teacher, optimizer: torch.optim.Opti
             group["lr"] = lr
         x01 = augment(to_float01(images[index]).to(device), padding, config.flip, generator)
         with torch.no_grad():
-            teacher_logits = teacher.module(network_inputs(teacher, x01))
-        student_logits = net(network_inputs(student, x01))
+            teacher_logits = teacher.module(teacher.prepare(x01))
+        student_logits = net(student.prepare(x01))
         loss = kd_loss(student_logits, teacher_logits, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -330,5 +321,5 @@ def save_distilled(result: DistillResult, out_dir: Path | str, teacher: Teacher 
     return path
 
 
-__all__ = ["DistillConfig", "DistillResult", "kd_loss", "augment", "network_inputs",
+__all__ = ["DistillConfig", "DistillResult", "kd_loss", "augment",
            "accuracy_on", "distill", "save_distilled"]

@@ -110,6 +110,16 @@ class Teacher:
         mean, std = self._stats(images01)
         return (images01 - mean) / std
 
+    def prepare(self, images01):
+        """Images in [0, 1] as this network's input: resized to its size, then normalised."""
+        import torch.nn.functional as F
+
+        size = self.meta.input_size
+        if images01.shape[-2:] != (size, size):
+            images01 = F.interpolate(images01, size=(size, size), mode="bilinear",
+                                     antialias=True, align_corners=False)
+        return self.normalize(images01)
+
     def denormalize(self, inputs):
         """Map network inputs back to images in [0, 1] (not clamped)."""
         mean, std = self._stats(inputs)

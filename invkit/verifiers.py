@@ -27,12 +27,7 @@ class TopKAccuracy:
         module = self.network.module
         param = next(module.parameters(), None)
         device = param.device if param is not None else images01.device
-        size = self.network.meta.input_size
-        x = images01.to(device, torch.float32)
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                                antialias=True, align_corners=False)
-        return module(self.network.normalize(x)).float()
+        return module(self.network.prepare(images01.to(device, torch.float32))).float()
 
     def __call__(self, images01: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         logits = self.predict(images01)

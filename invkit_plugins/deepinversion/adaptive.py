@@ -35,14 +35,11 @@ def student_view(step: Step, student: Teacher) -> torch.Tensor:
         >>> student_view(step, student).shape[-1] == student.meta.input_size
         True
     """
-    x = step.inputs
-    teacher = step.teacher
-    if (teacher.meta.mean, teacher.meta.std) != (student.meta.mean, student.meta.std):
-        x = student.normalize(teacher.denormalize(x))
-    size = student.meta.input_size
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x
+    x, teacher, size = step.inputs, step.teacher, student.meta.input_size
+    same_stats = (teacher.meta.mean, teacher.meta.std) == (student.meta.mean, student.meta.std)
+    if same_stats and x.shape[-2:] == (size, size):
+        return x  # the common case: no round trip through pixel space
+    return student.prepare(teacher.denormalize(x))
 
 
 def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
