@@ -18,7 +18,7 @@ from invkit.data import dataset_class_names, load_image_dataset, to_float01
 from invkit.errors import InvkitError
 from invkit.output import write_json
 from invkit.specs import Teacher
-from invkit.verifiers import TopKAccuracy
+from invkit.verifiers import TopKAccuracy, topk_accuracy
 
 
 @torch.no_grad()
@@ -49,11 +49,7 @@ def accuracy_report(logits: torch.Tensor, targets: torch.Tensor,
         raise InvkitError(f"class index {int(bad[0])} is outside the classifier's "
                           f"{num_classes} classes (0..{num_classes - 1})")
     correct = logits.argmax(1) == targets
-    n = targets.numel()
-    report: dict = {"images": n, "top1": correct.float().mean().item() if n else 0.0}
-    if num_classes > k:
-        topk = (logits.topk(k, dim=1).indices == targets[:, None]).any(1)
-        report[f"top{k}"] = topk.float().mean().item() if n else 0.0
+    report: dict = {"images": targets.numel(), **topk_accuracy(logits, targets, k)}
     names = dict(enumerate(class_names)) if isinstance(class_names, Sequence) else (class_names or {})
     rows = []
     for cls in sorted(set(targets.tolist())):

@@ -32,11 +32,22 @@ class TopKAccuracy:
     def __call__(self, images01: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         logits = self.predict(images01)
         targets = targets.to(logits.device)
-        figures = {"top1": (logits.argmax(1) == targets).float().mean().item()}
-        if logits.shape[1] > self.k:
-            top = logits.topk(self.k, dim=1).indices
-            figures[f"top{self.k}"] = (top == targets[:, None]).any(1).float().mean().item()
-        return figures
+        return topk_accuracy(logits, targets, self.k)
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Top-1 accuracy, and top-k where there are more than ``k`` classes (0 for no images).
+
+    Example:
+        >>> topk_accuracy(torch.tensor([[2., 1.], [0., 3.]]), torch.tensor([0, 0]))
+        {'top1': 0.5}
+    """
+    n = targets.numel()
+    figures = {"top1": (logits.argmax(1) == targets).float().mean().item() if n else 0.0}
+    if logits.shape[1] > k:
+        hit = (logits.topk(k, dim=1).indices == targets[:, None]).any(1)
+        figures[f"top{k}"] = hit.float().mean().item() if n else 0.0
+    return figures
 
 
 @hookimpl
