@@ -14,7 +14,7 @@ from invkit.priors import L2Norm, TotalVariation
 from invkit.registry import registry
 from invkit.specs import Stage
 from invkit_plugins.deepinversion import DeepInversion, DIConfig
-from invkit_plugins.deepinversion.method import augment
+from invkit_plugins.deepinversion.method import Pixels, augment
 from invkit_plugins.deepinversion.presets import (
     IMAGENET_TARGETS, PRESETS, SETTINGS, preset_for_teacher, preset_priors,
 )
@@ -222,6 +222,28 @@ def test_deterministic_on_cpu_with_a_seed():
     assert torch.equal(a.images01, b.images01)
     assert a.losses == b.losses
     assert not torch.equal(a.images01, c.images01)
+
+
+def test_grayscale_optimises_one_grey_image_for_every_channel():
+    # tiny-bn's channels have different means and stds: grey must be grey in pixel space.
+    teacher = tiny_teacher()
+    pixels = Pixels(teacher, grayscale=True)
+    x = pixels.noise(2, 16, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 16, 16) and Pixels(teacher).noise(2, 16, None).shape[1] == 3
+    images01 = teacher.denormalize(pixels.to_input(x))
+    assert torch.allclose(images01[:, 0], images01[:, 1], atol=1e-6)
+    assert torch.allclose(images01[:, 1], images01[:, 2], atol=1e-6)
+    low, high = pixels.bounds(x)
+    edges = teacher.denormalize(pixels.to_input(torch.tensor([low, high]).view(2, 1, 1, 1)))
+    assert torch.allclose(edges.flatten(1), torch.tensor([[0.0] * 3, [1.0] * 3]), atol=1e-6)
+
+    result = DeepInversion(teacher, objective(), config=small_config(grayscale=True, lr=2.0),
+                           verifier=tiny_teacher(1)).generate([0, 1, 2], seed=3)
+    grey = result.images01
+    assert grey.shape == (3, 3, 16, 16) and grey.std() > 0.01
+    assert torch.allclose(grey[:, 0], grey[:, 2], atol=1e-5)  # clipped to [0, 1] grey
+    colour = DeepInversion(teacher, objective(), config=small_config()).generate([0], seed=3)
+    assert not torch.allclose(colour.images01[:, 0], colour.images01[:, 2], atol=1e-2)
 
 
 def test_bf16_path_runs_on_cpu():

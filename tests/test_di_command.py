@@ -93,6 +93,19 @@ def test_setting_iterations_and_preset_options(invoke):
     assert config["amp"] == "bf16" and config["jitter"] == 0
 
 
+def test_a_bare_run_uses_the_digits_teacher_and_its_preset(invoke):
+    objective, config = dry(invoke)
+    assert config["teacher"] == "digits" and config["preset"] == "digits"
+    assert objective.startswith("1*cross-entropy + 0.05*bn-stats")
+    assert config["grayscale"] is True and config["flip"] is False
+    _, config = dry(invoke, "--color")
+    assert config["grayscale"] is False
+    _, config = dry(invoke, "--arch", "resnet18", "--grayscale")
+    assert config["preset"] == "imagenet" and config["grayscale"] is True
+    _, config = dry(invoke, "--arch", "resnet18")
+    assert config["grayscale"] is False
+
+
 @pytest.mark.parametrize("args, message", [
     (["--fp16", "--bf16"], "--fp16 and --bf16"),
     (["--prior", "nope"], "unknown prior 'nope'"),

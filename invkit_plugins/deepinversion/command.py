@@ -70,6 +70,9 @@ def _targets(ctx, param, value):
 @click.option("--lr", type=float, default=None, help="Adam learning rate.")
 @click.option("--do-flip/--no-flip", "--do_flip/--no_flip", "flip", default=None,
               help="Random horizontal flips (default: the preset's).")
+@click.option("--grayscale/--color", "grayscale", default=None,
+              help="Optimise one grey image shared by all input channels, for teachers "
+                   "trained on grey images (default: the preset's; on for digits).")
 @click.option("--jitter", type=click.IntRange(min=0), default=None,
               help="Maximum random shift in pixels (full resolution).")
 @click.option("--resolution", type=click.IntRange(min=2), default=None,
@@ -137,9 +140,11 @@ def deepinversion(**opts):
 def resolve(opts: dict) -> dict:
     """Turn the command's options into the resolved run configuration (no weights loaded)."""
     teacher_spec = opts["teacher"] or opts["arch"]
+    if teacher_spec is None and not opts["preset"]:
+        teacher_spec = DEFAULT_TEACHER  # and so its preset: a bare run is the offline default
     preset = get_preset(opts["preset"]) if opts["preset"] else preset_for_teacher(teacher_spec)
     if teacher_spec is None:
-        teacher_spec = preset.teacher if opts["preset"] else DEFAULT_TEACHER
+        teacher_spec = preset.teacher
     setting = opts["setting_id"]
     if setting is not None:
         get_setting(setting)
@@ -182,6 +187,7 @@ def resolve(opts: dict) -> dict:
         jitter=opts["jitter"] if opts["jitter"] is not None else preset.jitter,
         flip=opts["flip"] if opts["flip"] is not None else preset.flip,
         clip=preset.resolved_clip(setting),
+        grayscale=opts["grayscale"] if opts["grayscale"] is not None else preset.grayscale,
         amp="fp16" if opts["fp16"] else "bf16" if opts["bf16"] else "fp32",
         resolution=opts["resolution"], save_every=opts["save_every"],
     )
