@@ -17,8 +17,9 @@ Python API (no CLI needed)::
 The loop (one per stage of the plan): Adam on the input only (fresh per stage), warm-up +
 cosine learning rate per stage, random jitter (roll), optional flip, average pooling in
 low-resolution stages, pixel clipping, best iterate kept on the device. The optimised
-tensor is the colour input itself, or one grey channel (``grayscale``, see :class:`Pixels`). Nothing reads a
-value back from the device inside the loop except at the ``save_every`` checkpoints.
+tensor is the colour input itself, or one grey channel (``grayscale``, see
+:class:`Pixels`). Nothing reads a value back from the device inside the loop except at
+the ``save_every`` checkpoints.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class Pixels:
 
     A teacher trained on grey images has never seen colour: matching its statistics with
     three free channels leaves colour noise that the teacher ignores but another network
-    does not (on the bundled digits, 75% verifier accuracy in colour against 94% grey).
+    does not (bundled digits, 1,000 images: verifier accuracy 76% in colour, 92% grey).
     The grey image lives in the normalised space of the teacher's average mean and std, so
     the learning rate means the same in both; :meth:`to_input` maps it to every channel.
 

@@ -105,9 +105,10 @@ PRESETS: dict[str, Preset] = {
     ),
     # Tuned on benchmarks/digits_quality.py (see the README's quality table). The teacher
     # only ever saw grey digits: optimising one grey channel lifted the independent
-    # verifier from 75% to 94% (3 batches, same seeds); colour left noise the teacher
-    # ignores. One stage at full resolution beat the multi-resolution plan for the
-    # verifier; 400 iterations reach 91%, 800 reach 94%. Digits are not flip-invariant.
+    # verifier from 76% to 92% on the benchmark's 1,000 images; colour left noise the
+    # teacher ignores. One stage at full resolution beat the multi-resolution plan for
+    # the verifier; grey, 400 iterations reach 91% and 800 94% (on 300 images). Digits
+    # are not flip-invariant.
     "digits": Preset(
         "digits", "the bundled digits teacher (32 px, offline)",
         teacher="digits", setting=1, bs=100, lr=0.1, main_loss_multiplier=1.0,
