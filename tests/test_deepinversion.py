@@ -227,13 +227,14 @@ def test_deterministic_on_cpu_with_a_seed():
 def test_grayscale_optimises_one_grey_image_for_every_channel():
     # tiny-bn's channels have different means and stds: grey must be grey in pixel space.
     teacher = tiny_teacher()
-    pixels = Pixels(teacher, grayscale=True)
+    pixels = Pixels.for_teacher(teacher, grayscale=True)
     x = pixels.noise(2, 16, torch.Generator().manual_seed(0))
-    assert x.shape == (2, 1, 16, 16) and Pixels(teacher).noise(2, 16, None).shape[1] == 3
+    assert x.shape == (2, 1, 16, 16)
+    assert Pixels.for_teacher(teacher).noise(2, 16, None).shape[1] == 3
     images01 = teacher.denormalize(pixels.to_input(x))
     assert torch.allclose(images01[:, 0], images01[:, 1], atol=1e-6)
     assert torch.allclose(images01[:, 1], images01[:, 2], atol=1e-6)
-    low, high = pixels.bounds(x)
+    low, high = pixels.low, pixels.high
     edges = teacher.denormalize(pixels.to_input(torch.tensor([low, high]).view(2, 1, 1, 1)))
     assert torch.allclose(edges.flatten(1), torch.tensor([[0.0] * 3, [1.0] * 3]), atol=1e-6)
 

@@ -180,14 +180,14 @@ def resolve(opts: dict) -> dict:
 
     from invkit_plugins.deepinversion.method import DIConfig
 
+    def given_or_preset(key: str):
+        return opts[key] if opts[key] is not None else getattr(preset, key)
+
     config = DIConfig(
         plan=preset.resolved_plan(setting), iterations=opts["iterations"],
-        lr=opts["lr"] if opts["lr"] is not None else preset.lr,
-        betas=preset.resolved_betas(setting),
-        jitter=opts["jitter"] if opts["jitter"] is not None else preset.jitter,
-        flip=opts["flip"] if opts["flip"] is not None else preset.flip,
-        clip=preset.resolved_clip(setting),
-        grayscale=opts["grayscale"] if opts["grayscale"] is not None else preset.grayscale,
+        lr=given_or_preset("lr"), betas=preset.resolved_betas(setting),
+        jitter=given_or_preset("jitter"), flip=given_or_preset("flip"),
+        clip=preset.resolved_clip(setting), grayscale=given_or_preset("grayscale"),
         amp="fp16" if opts["fp16"] else "bf16" if opts["bf16"] else "fp32",
         resolution=opts["resolution"], save_every=opts["save_every"],
     )
@@ -207,7 +207,7 @@ def resolve(opts: dict) -> dict:
             "objective": objective.describe(),
             "priors": [{"name": p.name, "weight": w, "options": p.options}
                        for w, p in objective],
-            "bs": opts["bs"] or preset.bs,
+            "bs": given_or_preset("bs"),
             "targets": list(targets) if targets is not None else None,
             "targets_source": targets_source if targets is not None else "class-balanced",
             "random_labels": bool(opts["random_label"]),
