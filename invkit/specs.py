@@ -75,7 +75,8 @@ class TeacherMeta:
     """What a method needs to know about a classifier besides its weights.
 
     Example:
-        >>> TeacherMeta(arch="resnet18", input_size=224, num_classes=1000)
+        >>> TeacherMeta(arch="resnet18", input_size=224, num_classes=1000, family="imagenet").family
+        'imagenet'
     """
 
     arch: str
@@ -85,6 +86,11 @@ class TeacherMeta:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     class_names: tuple[str, ...] | None = None
     weights: str = "none"
+    #: Trained on grey images (every input channel equal): methods then optimise grey.
+    grayscale: bool = False
+    #: The dataset family the network was trained on, when known ("imagenet", "cifar10",
+    #: "digits", ...): methods pick their presets from it, never from the teacher's name.
+    family: str | None = None
 
     def class_name(self, index: int) -> str | None:
         if self.class_names and 0 <= index < len(self.class_names):
@@ -158,6 +164,11 @@ class TeacherSpec:
     input_size: int | None = None
     num_classes: int | None = None
     default_weights: str = "none"
+    #: As in :class:`TeacherMeta`: known without building the network (listings, presets).
+    grayscale: bool = False
+    family: str | None = None
+    #: Whether the network has BatchNorm layers (None: unknown until it is built).
+    batchnorm: bool | None = None
     provider: str = ""
 
 

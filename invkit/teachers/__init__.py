@@ -141,7 +141,8 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
         meta = dataclasses.replace(teacher.meta, weights=str(path))
         if checkpoint.has_teacher_metadata(file_metadata):
             # The file's own metadata (class names, mean/std) is the truth about it.
-            meta = checkpoint.meta_from_metadata(file_metadata, path, weights=str(path))
+            meta = checkpoint.meta_from_metadata(file_metadata, path, weights=str(path),
+                                                 fallback=teacher.meta)
     else:
         teacher = _call_factory(record, weights)
         meta = teacher.meta

@@ -280,13 +280,20 @@ def teacher_metadata(meta, extra: Mapping[str, str] | None = None) -> dict[str, 
         "mean": json.dumps(list(meta.mean)),
         "std": json.dumps(list(meta.std)),
         "class_names": json.dumps(list(meta.class_names) if meta.class_names else None),
+        "grayscale": json.dumps(bool(meta.grayscale)),
+        "family": json.dumps(meta.family),
     }
     out.update(extra or {})
     return out
 
 
-def meta_from_metadata(metadata: Mapping[str, str], source: str | os.PathLike, weights: str):
-    """The :class:`~invkit.specs.TeacherMeta` stored by :func:`teacher_metadata`."""
+def meta_from_metadata(metadata: Mapping[str, str], source: str | os.PathLike, weights: str,
+                       fallback=None):
+    """The :class:`~invkit.specs.TeacherMeta` stored by :func:`teacher_metadata`.
+
+    ``grayscale`` and ``family`` absent from the file (written before they existed) come
+    from ``fallback`` (the architecture's own metadata) when given.
+    """
     from invkit.specs import TeacherMeta
 
     try:
@@ -296,7 +303,12 @@ def meta_from_metadata(metadata: Mapping[str, str], source: str | os.PathLike, w
             num_classes=int(metadata["num_classes"]),
             mean=tuple(float(v) for v in json.loads(metadata["mean"])),
             std=tuple(float(v) for v in json.loads(metadata["std"])),
-            class_names=tuple(str(n) for n in names) if names else None, weights=weights)
+            class_names=tuple(str(n) for n in names) if names else None, weights=weights,
+            # Absent in files written before these fields existed.
+            grayscale=(bool(json.loads(metadata["grayscale"])) if "grayscale" in metadata
+                       else bool(fallback and fallback.grayscale)),
+            family=(json.loads(metadata["family"]) if "family" in metadata
+                    else fallback.family if fallback else None))
     except (KeyError, ValueError, TypeError) as error:
         raise InvkitError(f"{source} has incomplete invkit metadata ({_short(error)}); "
                           "pass --arch NAME to load it into a known network") from None

@@ -54,7 +54,8 @@ def build(name: str, weights: str | None = None):
     if weights != "none":
         raise InvkitError(f"{name} accepts --weights none or a weights file, not {weights!r}")
     meta = TeacherMeta(arch=name, input_size=32, num_classes=10, mean=CIFAR10_MEAN,
-                       std=CIFAR10_STD, class_names=CIFAR10_CLASSES, weights="none")
+                       std=CIFAR10_STD, class_names=CIFAR10_CLASSES, weights="none",
+                       family="cifar10")
     return Teacher(module=cifar_resnet(LAYERS[name]).eval(), meta=meta, name=name)
 
 
@@ -67,4 +68,4 @@ def teacher_specs():
             name, f"ResNet-{depth}, CIFAR form (3x3 stem, no max-pool), CIFAR-10 classes; "
                   "your own weights via --weights FILE",
             factory=functools.partial(build, name), source="cifar", input_size=32,
-            num_classes=10, default_weights="required")
+            num_classes=10, default_weights="required", family="cifar10", batchnorm=True)

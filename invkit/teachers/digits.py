@@ -163,7 +163,8 @@ def digits_meta(name: str, weights: str):
     from invkit.specs import TeacherMeta
 
     return TeacherMeta(arch=name, input_size=SIZE, num_classes=NUM_CLASSES, mean=MEAN,
-                       std=STD, class_names=CLASS_NAMES, weights=weights)
+                       std=STD, class_names=CLASS_NAMES, weights=weights, grayscale=True,
+                       family="digits")
 
 
 def build(name: str, weights: str | None = None):
@@ -200,4 +201,5 @@ def teacher_specs():
     for name in BUILDERS:
         yield TeacherSpec(name, SUMMARIES[name], factory=functools.partial(build, name),
                           source="bundled", input_size=SIZE, num_classes=NUM_CLASSES,
-                          default_weights="bundled")
+                          default_weights="bundled", grayscale=True, family="digits",
+                          batchnorm=name == "digits")

@@ -42,4 +42,4 @@ def teacher_specs():
     yield TeacherSpec(
         NAME, "NVIDIA's ResNet-50 v1.5 training checkpoint, in torchvision's resnet50",
         factory=build, source="nvidia", input_size=224, num_classes=1000,
-        default_weights=f"./{DEFAULT_FILE.as_posix()}")
+        default_weights=f"./{DEFAULT_FILE.as_posix()}", family="imagenet", batchnorm=True)

@@ -139,7 +139,7 @@ def build(name: str, weights: str | None = None):
         label = f"{type(member).__name__}.{member.name}"
     meta = TeacherMeta(arch=name, input_size=info["input_size"], num_classes=info["num_classes"],
                        mean=info["mean"], std=info["std"], class_names=info["class_names"],
-                       weights=label)
+                       weights=label, family="imagenet")
     return Teacher(module=module.eval(), meta=meta, name=name)
 
 
@@ -179,7 +179,7 @@ def spec(name: str):
         name, f"torchvision {name} ({info['num_classes']} classes, {info['input_size']} px)",
         factory=functools.partial(build, name), source="torchvision",
         input_size=info["input_size"], num_classes=info["num_classes"],
-        default_weights="DEFAULT")
+        default_weights="DEFAULT", family="imagenet")
 
 
 def teacher_specs():
