@@ -111,7 +111,7 @@ class ProgressDisplay:
                 soft_wrap=True,
             )
 
-    # The invkit.dataset progress protocol (called on rank 0 only).
+    # The invkit.pipeline progress protocol (called on rank 0 only).
     def batch_start(self, batch, done: int, total: int) -> None:
         """A batch begins; ``done`` of ``total`` batches are complete (all ranks)."""
         self._batch = f"batch {done + 1}/{total}"

@@ -63,6 +63,35 @@ def scale_plan(stages: tuple[Stage, ...], total: int) -> tuple[Stage, ...]:
     return tuple(Stage(n, s.downsample) for n, s in zip(sizes, stages))
 
 
+def build_schedule(text: str, kind: str = "lr"):
+    """Build a registered schedule from ``NAME[,key=value...]`` (``kind`` "lr" or "plan").
+
+    Example:
+        >>> build_schedule("warmup-cosine,warmup=10")(9, 100)
+        1.0
+        >>> build_schedule("single-stage,iterations=800", kind="plan")
+        (Stage(iterations=800, downsample=1),)
+    """
+    from invkit.errors import InvkitError
+    from invkit.registry import registry
+    from invkit.specs import parse_options
+
+    name, *pairs = [part.strip() for part in text.split(",")]
+    schedules = registry("schedule")
+    spec = schedules.get(name)
+    if spec.kind != kind:
+        valid = ", ".join(s.name for s in schedules if s.kind == kind)
+        raise InvkitError(f"schedule {name!r} is a {spec.kind} schedule, not a {kind} one "
+                          f"(valid: {valid})")
+    given = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise InvkitError(f"malformed schedule {text!r}: {pair!r} is not key=value")
+        given[key.strip()] = value.strip()
+    return spec.factory(**parse_options(f"schedule {name!r}", spec.options, given))
+
+
 @hookimpl
 def invkit_schedules():
     yield ScheduleSpec("constant", "the base learning rate throughout", factory=constant)

@@ -235,17 +235,82 @@ class VerifierSpec:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """An inversion method. ``command()`` returns the click command for ``invkit run NAME``.
+class PriorFlag:
+    """A method's shorthand flag for a prior's weight (or one of its options).
+
+    ``--r-feature 0.01`` is DeepInversion's published spelling of ``--prior bn-stats:0.01``;
+    with ``option`` set the flag sets that option of the prior instead of its weight.
 
     Example:
-        >>> MethodSpec("deepinversion", "BN-statistics inversion", command=make_command)
+        >>> PriorFlag("r_feature", "bn-stats", flags=("--r-feature", "--r_feature")).prior
+        'bn-stats'
+    """
+
+    name: str
+    prior: str
+    flags: tuple[str, ...] = ()
+    option: str | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A method's defaults for one kind of teacher (a dataset family, or small images).
+
+    ``options`` is an instance of the method's options dataclass holding this preset's
+    values (``None`` fields: the method's own defaults). ``priors`` are ``--prior``
+    entries applied over the method's ``default_priors`` (an entry replaces the default of
+    its name). ``families`` and ``max_input_size`` say which teachers the preset is
+    picked for (see :func:`invkit.methods.choose_preset`).
+
+    Example:
+        >>> Preset("small", "32 px teachers", teacher="cifar-resnet34", options=None,
+        ...        bs=256, max_input_size=64).max_input_size
+        64
     """
 
     name: str
     summary: str
-    command: Callable[[], click.Command]
+    teacher: str
+    options: Any = None
+    priors: tuple[str, ...] = ()
+    bs: int = 64
+    targets: tuple[int, ...] | None = None
+    verifier: str | None = None
+    families: tuple[str, ...] = ()
+    max_input_size: int | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An inversion method; core mounts it as ``invkit run NAME``.
+
+    - ``factory(teacher, objective, *, config, student=None, verifier=None)`` returns a
+      generator: an object with ``generate(targets, seed=0, callback=None)`` returning an
+      :class:`invkit.methods.Generation`.
+    - ``options``: a frozen dataclass of the method's own options (fields declared with
+      :func:`invkit.methods.option`); core turns each field into a typed CLI option.
+    - ``configure(options, context) -> config``: the resolved, validated configuration the
+      factory receives (default: the options themselves); it is part of the run's identity.
+    - ``default_priors``: the objective, as ``--prior`` entries; ``presets``: defaults per
+      kind of teacher; ``prior_flags``: shorthand flags for prior weights.
+    - ``needs_batchnorm``: the method cannot invert a teacher without BatchNorm layers.
+
+    Example:
+        >>> MethodSpec("noise", "optimise noise", factory=make_noise_generator,
+        ...            options=NoiseOptions, default_priors=("cross-entropy",)).name
+        'noise'
+    """
+
+    name: str
+    summary: str
+    factory: Callable[..., Any]
+    options: type | None = None
+    configure: Callable[..., Any] | None = None
     default_priors: tuple[str, ...] = ()
+    presets: tuple[Preset, ...] = ()
+    prior_flags: tuple[PriorFlag, ...] = ()
+    needs_batchnorm: bool = False
     provider: str = ""
 
 
@@ -259,5 +324,5 @@ KINDS: dict[str, type] = {
 
 __all__ = [
     "Option", "parse_options", "TeacherMeta", "Teacher", "TeacherSpec", "PriorSpec",
-    "Stage", "ScheduleSpec", "VerifierSpec", "MethodSpec", "KINDS",
+    "Stage", "ScheduleSpec", "VerifierSpec", "PriorFlag", "Preset", "MethodSpec", "KINDS",
 ]

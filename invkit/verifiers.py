@@ -1,5 +1,9 @@
 """Built-in verifiers: judge generated images with an independent classifier.
 
+A verifier object has ``__call__(images01, targets) -> dict`` of named figures and
+``predict(images01) -> logits``; ``invkit run`` (its verifier figure and the manifest's
+``verifier_pred``) and ``invkit eval`` build theirs through the verifiers registry.
+
 Example:
     >>> verify = TopKAccuracy(load_teacher("digits-verifier"))
     >>> verify(images01, targets)
@@ -48,6 +52,19 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> di
         hit = (logits.topk(k, dim=1).indices == targets[:, None]).any(1)
         figures[f"top{k}"] = hit.float().mean().item() if n else 0.0
     return figures
+
+
+def as_verifier(verifier):
+    """A verifier object: ``None`` stays ``None``, a :class:`Teacher` network is wrapped in
+    :class:`TopKAccuracy` (the ``accuracy`` verifier), anything else is returned as it is.
+
+    Example:
+        >>> as_verifier(load_teacher("digits-verifier")).k
+        5
+    """
+    if isinstance(verifier, Teacher):
+        return TopKAccuracy(verifier)
+    return verifier
 
 
 @hookimpl

@@ -1,10 +1,10 @@
-"""A deterministic stand-in for a method's ``generate(batch)`` (tests of invkit.dataset)."""
+"""A deterministic stand-in for a method's ``generate(batch)`` (tests of invkit.pipeline)."""
 
 from __future__ import annotations
 
 import torch
 
-from invkit.dataset import Batch, GeneratedBatch
+from invkit.pipeline import Batch, GeneratedBatch
 
 
 def fake_generate(batch: Batch, size: int = 8) -> GeneratedBatch:

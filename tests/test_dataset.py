@@ -1,4 +1,4 @@
-"""invkit.dataset: the batch plan, the written dataset, resume, signals, safetensors shards."""
+"""invkit.pipeline: the batch plan, the written dataset, resume, signals, safetensors shards."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import invkit.dataset as dataset
-from invkit.dataset import Batch, RunInterrupted, batch_seed, generate_dataset, plan_batches
+import invkit.pipeline.layout as layout_module
+from invkit.pipeline import (
+    Batch, GeneratedBatch, RunInterrupted, batch_seed, generate_dataset, plan_batches, resume_command,
+)
 from invkit.errors import InvkitError
 from invkit.output import to_uint8
 from tests.dataset_fakes import fake_generate
 
 NAMES = [f"class {i}" for i in range(10)]
-CONFIG = {"lr": 0.1, "seed": 0, "priors": {"bn-stats": 0.01}, "device": "cpu", "resume": False}
+CONFIG = {"lr": 0.1, "seed": 0, "priors": {"bn-stats": 0.01}}  # the run's identity
 
 
 def run(out, plan, generate=fake_generate, **kwargs):
@@ -88,8 +90,8 @@ def test_batch_seed_depends_on_run_seed_and_index_only():
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_batches": 2, "images_per_class": 2}, "not both"),
     ({"targets": [3, 10]}, "target 10 is out of range"),
-    ({"num_batches": 0}, "--num-batches must be at least 1"),
-    ({"images_per_class": -1}, "--images-per-class"),
+    ({"num_batches": 0}, "num_batches must be at least 1"),
+    ({"images_per_class": -1}, "images_per_class"),
 ])
 def test_plan_rejects_bad_input(kwargs, match):
     with pytest.raises(InvkitError, match=match):
@@ -160,7 +162,7 @@ def test_progress_protocol_gets_global_counts(tmp_path):
 def test_generate_must_return_the_planned_targets(tmp_path):
     def wrong(batch):
         result = fake_generate(batch)
-        return dataset.GeneratedBatch(result.images01, result.targets.flip(0), result.teacher_pred,
+        return GeneratedBatch(result.images01, result.targets.flip(0), result.teacher_pred,
                                       result.teacher_conf)
 
     with pytest.raises(ValueError, match="targets"):
@@ -176,7 +178,7 @@ def test_resume_skips_complete_batches_and_redoes_the_cut_one(tmp_path, monkeypa
     run(reference, plan)
 
     out = tmp_path / "out"
-    encode = dataset.png_bytes
+    encode = layout_module.png_bytes
     written = []
 
     def cut_off(image):  # Ctrl-C arrives while batch 2's third image is being written
@@ -185,11 +187,11 @@ def test_resume_skips_complete_batches_and_redoes_the_cut_one(tmp_path, monkeypa
         written.append(1)
         return encode(image)
 
-    monkeypatch.setattr(dataset, "png_bytes", cut_off)
+    monkeypatch.setattr(layout_module, "png_bytes", cut_off)
     with pytest.raises(RunInterrupted, match="2 of 4 batches are complete.*--resume") as info:
         run(out, plan)
     assert info.value.exit_code == 130
-    monkeypatch.setattr(dataset, "png_bytes", encode)
+    monkeypatch.setattr(layout_module, "png_bytes", encode)
     assert len(list((out / "images").rglob("*.png"))) == 10  # batch 2 half-written
     assert not (out / "manifest.jsonl").exists() and not (out / "run.json").exists()
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "images").rglob("0000[01]_*")}
@@ -203,7 +205,8 @@ def test_resume_skips_complete_batches_and_redoes_the_cut_one(tmp_path, monkeypa
     with pytest.raises(InvkitError, match="--resume"):
         run(out, plan, generate=counting)  # neither --resume nor --overwrite
     summary = run(out, plan, generate=counting, resume=True,
-                  config={**CONFIG, "device": "cuda", "resume": True})  # may differ
+                  info={"device": "cuda"})  # how it runs may differ
+    assert summary["info"] == {"device": "cuda"}
     assert generated == [2, 3]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in before} == before  # untouched
     assert summary["last_session"]["resumed"] and summary["last_session"]["batches"] == 2
@@ -283,7 +286,7 @@ def test_signal_stops_cleanly(tmp_path, signum, complete):
 
 
 def test_resume_command_adds_resume():
-    assert dataset.resume_command(["/venv/bin/invkit", "run", "deepinversion", "--overwrite",
+    assert resume_command(["/venv/bin/invkit", "run", "deepinversion", "--overwrite",
                                    "--exp-name", "a b"]) == \
         "invkit run deepinversion --exp-name 'a b' --resume"
 
@@ -292,10 +295,10 @@ def test_resume_command_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert dataset.resume_command(["/x/invkit/__main__.py", "run", "deepinversion"]) == \
+    assert resume_command(["/x/invkit/__main__.py", "run", "deepinversion"]) == \
         "torchrun --nproc-per-node 2 -m invkit run deepinversion --resume"
     monkeypatch.setenv("WORLD_SIZE", "8")  # 2 nodes
-    assert dataset.resume_command(["/venv/bin/invkit", "run"]) == \
+    assert resume_command(["/venv/bin/invkit", "run"]) == \
         "torchrun <your torchrun options> /venv/bin/invkit run --resume"
 
 

@@ -15,8 +15,11 @@ from invkit.registry import registry
 from invkit.specs import Stage
 from invkit_plugins.deepinversion import DeepInversion, DIConfig
 from invkit_plugins.deepinversion.method import Pixels, augment
+from invkit.methods import Context, choose_preset
+from invkit.specs import TeacherMeta
+from invkit_plugins.deepinversion import DIOptions, configure
 from invkit_plugins.deepinversion.presets import (
-    IMAGENET_TARGETS, PRESETS, SETTINGS, preset_for_teacher, preset_priors,
+    DEFAULT_PRIORS, IMAGENET_TARGETS, PRESETS, SETTINGS,
 )
 from tests.di_tiny import tiny_teacher
 
@@ -28,7 +31,8 @@ def objective(priors=PRIORS):
 
 
 def small_config(**kw):
-    base = dict(plan=(Stage(6, 2), Stage(6, 1)), lr=0.1, jitter=2, flip=True, warmup=3)
+    base = dict(plan=(Stage(6, 2), Stage(6, 1)), lr=0.1, jitter=2, flip=True,
+                lr_schedule="warmup-cosine,warmup=3")
     base.update(kw)
     return DIConfig(**base)
 
@@ -61,27 +65,61 @@ def test_tv_terms_use_all_four_neighbour_differences():
     assert L2Norm()(step).item() == pytest.approx(l2, rel=1e-5)
 
 
-def test_default_objective_is_the_imagenet_preset():
-    assert preset_priors(PRESETS["imagenet"]) == [
-        "cross-entropy:1", "bn-stats:0.01,first_bn_multiplier=10", "tv-l2:0.0001", "l2:1e-05"]
+def test_default_objective_is_the_published_imagenet_one():
+    assert DEFAULT_PRIORS == (
+        "cross-entropy:1", "bn-stats:0.01,first_bn_multiplier=10", "tv-l2:0.0001", "l2:1e-05")
     method = DeepInversion(tiny_teacher())
     assert method.objective.describe() == (
         "1*cross-entropy + 0.01*bn-stats(first_bn_multiplier=10) + 0.0001*tv-l2 + 1e-05*l2")
 
 
+def preset(name):
+    return choose_preset(PRESETS, None, name)
+
+
+def preset_config(name, meta=TeacherMeta("t", 224, 1000)):
+    return configure(preset(name).options, Context(meta))
+
+
 def test_presets_hold_the_published_defaults():
-    imagenet = PRESETS["imagenet"]
-    assert (imagenet.bs, imagenet.lr, imagenet.jitter, imagenet.flip, imagenet.setting) == \
-        (84, 0.2, 30, True, 0)
+    imagenet = preset("imagenet")
+    config = preset_config("imagenet")
+    assert (imagenet.bs, config.lr, config.jitter, config.flip) == (84, 0.2, 30, True)
+    assert config.stages() == SETTINGS[0].plan and config.betas == (0.5, 0.9) and config.clip
     assert len(IMAGENET_TARGETS) == 42 and imagenet.targets == IMAGENET_TARGETS
     assert imagenet.verifier == "mobilenet_v2"
-    cifar = PRESETS["cifar10"]
-    assert (cifar.bs, cifar.lr, cifar.jitter) == (256, 0.1, 2)
-    assert cifar.resolved_plan() == (Stage(2000),)
-    assert PRESETS["digits"].flip is False
-    assert preset_for_teacher("digits").name == "digits"
-    assert preset_for_teacher("cifar-resnet34").name == "cifar10"
-    assert preset_for_teacher("resnet50").name == "imagenet"
+    cifar = preset("cifar10")
+    config = preset_config("cifar10", TeacherMeta("t", 32, 10))
+    assert (cifar.bs, config.lr, config.jitter) == (256, 0.1, 2)
+    assert config.stages() == (Stage(2000),)
+    assert cifar.priors == ("bn-stats:10,first_bn_multiplier=1", "tv-l2:2.5e-5", "l2:0")
+    digits = preset_config("digits", TeacherMeta("d", 32, 10, grayscale=True))
+    assert digits.flip is False and digits.grayscale is True and digits.stages() == (Stage(800),)
+
+
+@pytest.mark.parametrize("meta, expected", [
+    (TeacherMeta("digits", 32, 10, grayscale=True, family="digits"), "digits"),
+    (TeacherMeta("cifar-resnet34", 32, 10, family="cifar10"), "cifar10"),
+    (TeacherMeta("resnet50", 224, 1000, family="imagenet"), "imagenet"),
+    # What a teacher is, not its name: an unknown 32 px network gets small-image defaults,
+    # an unknown large one the general default.
+    (TeacherMeta("my-net", 32, 10), "cifar10"),
+    (TeacherMeta("digits-lookalike", 160, 10), "imagenet"),
+])
+def test_presets_are_chosen_from_what_the_teacher_is(meta, expected):
+    assert choose_preset(PRESETS, meta).name == expected
+
+
+def test_grayscale_follows_the_teacher_unless_given():
+    grey = TeacherMeta("g", 32, 10, grayscale=True)
+    assert configure(DIOptions(), Context(grey)).grayscale is True
+    assert configure(DIOptions(grayscale=False), Context(grey)).grayscale is False
+    assert configure(DIOptions(), Context(TeacherMeta("c", 32, 10))).grayscale is False
+
+
+def test_configure_refuses_a_resolution_the_plan_cannot_pool():
+    with pytest.raises(InvkitError, match="not divisible"):
+        configure(DIOptions(setting_id=0, resolution=33), Context(TeacherMeta("t", 32, 10)))
 
 
 # ------------------------------------------------------- settings, plans, learning rate

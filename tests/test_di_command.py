@@ -23,11 +23,13 @@ def dry(invoke, *args):
     result = invoke("run", "deepinversion", *args, "--dry-run")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("objective: ")
+    assert lines[0].startswith("objective: ") and lines[1].startswith("plan: ")
     config = {}
-    for line in lines[2:]:
-        key, _, value = line.strip().partition(": ")
-        config[key] = json.loads(value)
+    for line in lines:
+        if line.startswith("  "):  # identity and info entries: "  key: JSON"
+            key, _, value = line.strip().partition(": ")
+            config[key] = json.loads(value)
+    config.update(config.pop("config"))  # the method's configuration, flattened
     return lines[0][len("objective: "):], config
 
 
@@ -122,7 +124,8 @@ def test_bad_options_are_one_line_errors(invoke, args, message):
 def run_tiny(invoke, out, *extra):
     return invoke("run", "deepinversion", "--teacher", "tiny-bn", "--verifier-arch",
                   "tiny-bn-verifier", "--iterations", "20", "--save-every", "10", "--bs", "6",
-                  "--jitter", "2", "--device", "cpu", "--quiet", "--output", str(out), *extra)
+                  "--jitter", "2", "--device", "cpu", "--quiet", "--output", str(out),
+                  "--preset", "imagenet", *extra)
 
 
 def test_whole_run_writes_every_output(invoke, tiny, tmp_path):
@@ -149,13 +152,15 @@ def test_whole_run_writes_every_output(invoke, tiny, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["teacher"] == "tiny-bn"
     assert run["config"]["objective"].startswith("1*cross-entropy + 0.01*bn-stats")
-    assert run["config"]["plan"] == [{"iterations": 13, "downsample": 2},
-                                     {"iterations": 7, "downsample": 1}]
+    assert run["config"]["config"]["plan"] == [{"iterations": 13, "downsample": 2},
+                                               {"iterations": 7, "downsample": 1}]
+    assert run["info"]["device"] == "cpu" and run["info"]["output"] == str(out)
     assert "versions" in json.dumps(run)
     stats = run["batches"][0]["stats"]
     assert len(stats["stage_seconds"]) == 2 and stats["its_per_s"] > 0
     assert 0 <= stats["verifier_accuracy"] <= 1 and 0 <= stats["teacher_accuracy"] <= 1
-    assert set(stats["losses"]) >= {"cross-entropy", "bn-stats", "tv-l2", "l2", "total"}
+    losses = run["batches"][0]["losses"]
+    assert set(losses) >= {"cross-entropy", "bn-stats", "tv-l2", "l2", "total", "best_total"}
 
 
 def test_refuses_a_non_empty_output_without_overwrite(invoke, tiny, tmp_path):

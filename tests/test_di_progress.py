@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from invkit.dataset import Batch
+from invkit.pipeline import Batch
 from invkit.progress import ProgressDisplay, format_losses
 
 

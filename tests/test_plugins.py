@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from torch import nn
 
 from invkit import hookimpl, hookspecs
 from invkit.errors import PluginConflict
+from invkit.methods import option
 from invkit.objective import Prior
 from invkit.plugins import PluginWarning, get_plugin_manager, load_entrypoints
 from invkit.registry import registry
@@ -39,6 +41,16 @@ def build_tiny(weights=None, **_):
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1),
                            nn.Flatten(), nn.Linear(4, 3)).eval()
     return Teacher(module, TeacherMeta("tiny", input_size=8, num_classes=3), "tiny")
+
+
+@dataclass(frozen=True)
+class EchoOptions:
+    times: int = option(1, "how many hellos", min=1)
+
+
+class EchoGenerator:
+    def __init__(self, teacher, objective, *, config, student=None, verifier=None):
+        self.config = config
 
 
 class EveryHook:
@@ -67,13 +79,8 @@ class EveryHook:
 
     @hookimpl
     def invkit_methods(self):
-        @click.command()
-        @click.option("--times", type=int, default=1)
-        def echo(times):
-            """Say hello."""
-            click.echo("hello " * times)
-
-        yield MethodSpec("echo-test", "a method that says hello", command=lambda: echo)
+        yield MethodSpec("echo-test", "a method that says hello", factory=EchoGenerator,
+                         options=EchoOptions, default_priors=("cross-entropy",))
 
     @hookimpl
     def invkit_commands(self, cli):
@@ -110,7 +117,9 @@ def test_inline_records_are_built_and_used(register_plugin):
 
 def test_inline_method_and_command_appear_in_the_cli(register_plugin, invoke):
     register_plugin(EveryHook(), "every-hook")
-    assert invoke("run", "echo-test", "--times", "2").output.strip() == "hello hello"
+    result = invoke("run", "echo-test", "--teacher", "tiny-test", "--times", "2", "--dry-run")
+    assert '"times": 2' in result.output, result.output
+    assert "echo-test" in invoke("run", "--help").output
     assert "hi from a plugin" in invoke("hello-test").output
     assert "echo-test" in invoke("methods", "list").output
 

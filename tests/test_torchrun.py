@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from invkit.dataset import RunInterrupted, generate_dataset, plan_batches
+from invkit.pipeline import RunInterrupted, generate_dataset, plan_batches
 from tests.dataset_fakes import fake_generate
 from tests.test_dataset import files_with_bytes
 from tests.torchrun_worker import CONFIG, PLAN, write

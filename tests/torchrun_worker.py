@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.*
 
-from invkit.dataset import generate_dataset, plan_batches  # noqa: E402
+from invkit.pipeline import generate_dataset, plan_batches  # noqa: E402
 from invkit.distributed import (  # noqa: E402
     dist_env, init_distributed, shutdown_distributed,
 )

@@ -61,10 +61,9 @@ class RunGroup(InvkitGroup):
         methods = self._methods()
         if name not in methods:
             return None
-        spec = methods.get(name)
-        command = spec.command()
-        command.name = name
-        return command
+        from invkit.cli.run import method_command
+
+        return method_command(methods.get(name))
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
@@ -96,9 +95,13 @@ def make_cli() -> click.Group:
           invkit priors list
         """
 
-    @cli.group(cls=RunGroup)
+    @cli.group(cls=RunGroup, context_settings={"help_option_names": ["-h", "--help"]})
     def run():
-        """Run an inversion method (see 'invkit methods list')."""
+        """Run an inversion method: every registered method is a subcommand.
+
+        Each method gets the same pipeline (teachers, presets, plans, resume, torchrun,
+        progress and output files); 'invkit methods show NAME' lists its own options.
+        """
 
     register_listing_commands(cli)
     pm = get_plugin_manager()

@@ -6,6 +6,7 @@ all with ``--json`` for scripts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from invkit.methods import MethodOption, method_options
 from invkit.plugins import describe_plugins
 from invkit.registry import registry
 from invkit.specs import Option
@@ -59,23 +61,40 @@ CAPTIONS = {
 
 
 def record_dict(record) -> dict:
-    """A JSON-ready view of a spec record (callables left out, options spelled out)."""
+    """A JSON-ready view of a spec record (callables left out, options spelled out).
+
+    A method's options class becomes its option list; a preset's options only the
+    values it sets.
+    """
     out = {}
-    for key, value in vars(record).items():
-        if key in ("factory", "command"):
-            continue
-        if key == "options":
-            value = [option_dict(o) for o in value]
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[key] = value
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name == "options":
+            out[f.name] = [option_dict(o) for o in
+                           (method_options(value) if not isinstance(value, tuple) else value)]
+        elif not callable(value):
+            out[f.name] = _plain(value)
     return out
 
 
-def option_dict(option: Option) -> dict:
-    return {"name": option.name, "type": option.type.__name__, "default": option.default,
-            "help": option.help,
-            "choices": list(option.choices) if option.choices is not None else None}
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if not any(f.metadata for f in dataclasses.fields(value)):
+            return {k: _plain(v) for k, v in fields.items() if not callable(v)}
+        return {k: _plain(v) for k, v in fields.items() if v is not None}  # options: set ones
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def option_dict(option: Option | MethodOption) -> dict:
+    out = {"name": option.name, "type": option.type.__name__, "default": option.default,
+           "help": option.help,
+           "choices": list(option.choices) if option.choices is not None else None}
+    if isinstance(option, MethodOption):
+        out["flags"] = list(option.flags) or [f"--{option.name.replace('_', '-')}"]
+    return out
 
 
 def console() -> Console:
@@ -133,6 +152,9 @@ def show_record(kind: str, record) -> None:
     out = console()
     out.print(f"[bold]{record.name}[/bold]  ({kind} from plugin {record.provider!r})")
     out.print(record.summary)
+    if kind == "method":
+        show_method(out, record)
+        return
     for key, value in record_dict(record).items():
         if key not in ("name", "summary", "provider", "options"):
             out.print(f"  {key}: {value}")
@@ -150,6 +172,37 @@ def show_record(kind: str, record) -> None:
     if kind == "prior":
         out.print(f"Use: --prior {record.name}:{record.default_weight:g}"
                   + "".join(f",{o.name}={o.default}" for o in options))
+
+
+def show_method(out: Console, record) -> None:
+    """A method's own options, prior flags, default objective and every preset's values."""
+    out.print(f"  default priors: {', '.join(record.default_priors) or '-'}")
+    out.print(f"  needs BatchNorm: {'yes' if record.needs_batchnorm else 'no'}")
+    table = Table(title="options (besides those every 'invkit run' method has)",
+                  title_justify="left")
+    for header in ("option", "type", "default", "help"):
+        table.add_column(header, overflow="fold")
+    for o in method_options(record.options):
+        flags = " ".join(o.flags) or f"--{o.name.replace('_', '-')}"
+        table.add_row(flags, o.type.__name__, _maybe(o.default), o.help)
+    for flag in record.prior_flags:
+        target = f"option {flag.option} of {flag.prior}" if flag.option else f"weight of {flag.prior}"
+        table.add_row(" ".join(flag.flags), "float", "-", flag.help or f"sets the {target}")
+    out.print(table)
+    if record.presets:
+        presets = Table(title="presets (chosen from the teacher's family, else its size)",
+                        title_justify="left")
+        for header in ("preset", "for", "bs", "verifier", "priors", "options"):
+            presets.add_column(header, overflow="fold")
+        for p in record.presets:
+            picks = ", ".join(p.families) or "-"
+            if p.max_input_size:
+                picks += f"; <= {p.max_input_size} px"
+            values = _plain(p.options) if p.options is not None else {}
+            presets.add_row(p.name, picks, str(p.bs), _maybe(p.verifier),
+                            ", ".join(p.priors) or "-",
+                            ", ".join(f"{k}={v}" for k, v in values.items()) or "-")
+        out.print(presets)
 
 
 @click.command(name="plugins")

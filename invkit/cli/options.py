@@ -20,6 +20,40 @@ import click
 from invkit.objective import PriorRequest, merge_requests, parse_prior, set_weight
 
 
+class FiniteFloat(click.ParamType):
+    """A float that must be finite (no nan/inf), optionally within [min, max]."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None):
+        self.min, self.max = min, max
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and number < self.min:
+            self.fail(f"{value!r} is below the minimum {self.min:g}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"{value!r} is above the maximum {self.max:g}", param, ctx)
+        return number
+
+
+def finite_float(min: float | None = None, max: float | None = None) -> FiniteFloat:
+    """The click type of every float option: finite, optionally bounded.
+
+    Example:
+        >>> finite_float(min=0).convert("0.5", None, None)
+        0.5
+    """
+    return FiniteFloat(min=min, max=max)
+
+
 def teacher_options(command):
     """``--teacher``, ``--arch`` (alias ``--arch-name``/``--arch_name``), ``--weights``,
     ``--trust-checkpoint``."""

@@ -108,6 +108,53 @@ def find_teacher(spec: str | None, arch: str | None = None) -> TeacherSpec | Non
     return _record(name)
 
 
+def preview_teacher(spec: str | None, arch: str | None = None,
+                    weights: str | None = None) -> TeacherMeta:
+    """A teacher's metadata without loading its weights (input size, classes, grey, family).
+
+    Read from the teacher's spec record, or from a file's own metadata (``checkpoint:PATH``,
+    ``--weights FILE``); a plugin's spec that does not state its size or class count is
+    built with random weights to find out. Used to resolve and validate a run before any
+    weights load or any file is written; the loaded teacher is checked against it.
+
+    Example:
+        >>> preview_teacher("digits").family
+        'digits'
+    """
+    from invkit.teachers import checkpoint
+
+    name = spec or arch
+    if not name:
+        raise InvkitError("no teacher given: pass --teacher SPEC or --arch NAME "
+                          "(see 'invkit teachers list')")
+    path = None
+    if name.startswith(CHECKPOINT):
+        path = Path(name[len(CHECKPOINT):]).expanduser()
+        if not str(path) or path == Path("."):
+            raise InvkitError("checkpoint: needs a file, e.g. --teacher checkpoint:model.pth")
+    elif weights is not None and weights.lower() != "none" and checkpoint.looks_like_file(weights):
+        path = Path(weights).expanduser()
+    metadata = checkpoint.read_metadata(path) if path is not None else {}
+    if path is not None and name.startswith(CHECKPOINT) and arch is None:
+        if not checkpoint.has_teacher_metadata(metadata):
+            raise InvkitError(f"{path} does not say which network it holds: pass --arch NAME "
+                              "(e.g. --arch resnet50; see 'invkit teachers list')")
+        arch = metadata["arch"]
+    record = _record(arch if name.startswith(CHECKPOINT) else name)
+    meta = _spec_meta(record)
+    if checkpoint.has_teacher_metadata(metadata):
+        meta = checkpoint.meta_from_metadata(metadata, path, weights=str(path), fallback=meta)
+    return meta
+
+
+def _spec_meta(record: TeacherSpec) -> TeacherMeta:
+    if record.input_size is None or record.num_classes is None:
+        return _call_factory(record, "none").meta
+    return TeacherMeta(arch=record.name, input_size=record.input_size,
+                       num_classes=record.num_classes, grayscale=record.grayscale,
+                       family=record.family)
+
+
 def _record(spec: str) -> TeacherSpec:
     if spec.startswith(TORCHVISION):
         from invkit.teachers import torchvision_models
@@ -258,4 +305,5 @@ def invkit_teachers():
     yield from torchvision_models.teacher_specs()
 
 
-__all__ = ["load_teacher", "save_teacher", "check_verifier", "invkit_teachers"]
+__all__ = ["load_teacher", "preview_teacher", "save_teacher", "check_verifier",
+           "invkit_teachers"]

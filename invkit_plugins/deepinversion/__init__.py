@@ -1,33 +1,47 @@
 """DeepInversion (Yin et al., CVPR 2020) as an invkit plugin.
 
-Registers the method ``deepinversion`` (``invkit run deepinversion``), the priors
-``bn-stats`` and ``adi``, and the resolution plans of the three published settings.
-The plugin is loaded through the ``invkit`` entry-point group, like any third-party one.
+Registers the method ``deepinversion`` (core mounts it as ``invkit run deepinversion``),
+the priors ``bn-stats`` and ``adi``, and the resolution plans of the three published
+settings. The plugin is loaded through the ``invkit`` entry-point group, like any
+third-party one, and imports only invkit's public API.
 
 Python API::
 
-    from invkit_plugins.deepinversion import DeepInversion, DIConfig
+    from invkit import run_method                       # a whole dataset, as the CLI
+    from invkit_plugins.deepinversion import DIOptions
+    run_method("deepinversion", DIOptions(iterations=400), teacher="digits",
+               images_per_class=10, output="generations/digits-100")
+
+    from invkit_plugins.deepinversion import DeepInversion, DIConfig   # one batch
     result = DeepInversion(teacher, objective, config=DIConfig(iterations=500)).generate([1, 2])
 """
 
 from __future__ import annotations
 
-from invkit.hookspecs import hookimpl
-from invkit.schedules import scale_plan
-from invkit.specs import MethodSpec, Option, PriorSpec, ScheduleSpec
+from invkit import MethodSpec, Option, PriorFlag, PriorSpec, ScheduleSpec, hookimpl, scale_plan
 from invkit_plugins.deepinversion.adaptive import Competition
 from invkit_plugins.deepinversion.bn_stats import BNStats
-from invkit_plugins.deepinversion.method import DeepInversion, DIConfig, DIResult
-from invkit_plugins.deepinversion.presets import PRESETS, SETTINGS, preset_priors
+from invkit_plugins.deepinversion.method import DeepInversion, DIConfig
+from invkit_plugins.deepinversion.options import DIOptions, configure
+from invkit_plugins.deepinversion.presets import DEFAULT_PRIORS, PRESETS, SETTINGS
 
-__all__ = ["DeepInversion", "DIConfig", "DIResult", "BNStats", "Competition", "PRESETS",
-           "SETTINGS"]
+__all__ = ["DeepInversion", "DIConfig", "DIOptions", "configure", "BNStats", "Competition",
+           "PRESETS", "SETTINGS"]
 
-
-def _make_command():
-    from invkit_plugins.deepinversion.command import deepinversion
-
-    return deepinversion
+#: The published script's coefficient flags, as shorthands for prior weights.
+PRIOR_FLAGS = (
+    PriorFlag("main_loss_multiplier", "cross-entropy",
+              ("--main-loss-multiplier", "--main_loss_multiplier")),
+    PriorFlag("r_feature", "bn-stats", ("--r-feature", "--r_feature")),
+    PriorFlag("first_bn_multiplier", "bn-stats", ("--first-bn-multiplier",
+                                                  "--first_bn_multiplier"),
+              option="first_bn_multiplier"),
+    PriorFlag("tv_l1", "tv-l1", ("--tv-l1", "--tv_l1")),
+    PriorFlag("tv_l2", "tv-l2", ("--tv-l2", "--tv_l2")),
+    PriorFlag("l2", "l2", ("--l2",)),
+    PriorFlag("adi_scale", "adi", ("--adi-scale", "--adi_scale"),
+              help="Weight of prior adi (Adaptive DeepInversion; needs --student)."),
+)
 
 
 @hookimpl
@@ -35,8 +49,9 @@ def invkit_methods():
     yield MethodSpec(
         "deepinversion",
         "DeepInversion: match BatchNorm statistics to synthesise class images",
-        command=_make_command,
-        default_priors=tuple(preset_priors(PRESETS["imagenet"])),
+        factory=DeepInversion, options=DIOptions, configure=configure,
+        default_priors=DEFAULT_PRIORS, presets=PRESETS, prior_flags=PRIOR_FLAGS,
+        needs_batchnorm=True,
     )
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from invkit.errors import InvkitError
-from invkit.objective import Prior, Setup, Step
-from invkit.specs import Teacher
+from invkit import InvkitError, Prior, Setup, Step, Teacher
 
 CLAMP = (0.01, 0.99)
 
@@ -83,7 +81,7 @@ class Competition(Prior):
     def setup(self, setup: Setup) -> None:
         student = setup.student
         if student is None and self.student_spec:
-            from invkit.teachers import load_teacher
+            from invkit import load_teacher
 
             param = next(setup.teacher.module.parameters(), None)
             device = str(param.device) if param is not None else "cpu"

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invkit.errors import InvkitError
-from invkit.objective import Prior, Setup, Step
+from invkit import InvkitError, Prior, Setup, Step
 
 
 def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

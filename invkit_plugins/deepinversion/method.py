@@ -24,23 +24,21 @@ the ``save_every`` checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from invkit.errors import InvkitError
-from invkit.objective import Objective, Setup, Step
-from invkit.schedules import scale_plan, warmup_cosine
-from invkit.specs import Stage, Teacher
-
-AMP_CHOICES = ("fp32", "fp16", "bf16")
+from invkit import (
+    PRECISIONS, Checkpoint, Generation, InvkitError, Objective, Setup, Stage, Step, Teacher,
+    as_verifier, autocast, build_schedule, finish, frozen, module_device, scale_plan,
+    verifier_predictions,
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class DIConfig:
     lr: float = 0.2
     betas: tuple[float, float] = (0.5, 0.9)
     eps: float = 1e-8
-    warmup: int = 100
+    lr_schedule: str = "warmup-cosine"
     jitter: int = 30
     flip: bool = True
     clip: bool = True
@@ -75,8 +73,8 @@ class DIConfig:
     channels_last: bool | None = None  # None: on CUDA only
 
     def __post_init__(self):
-        if self.amp not in AMP_CHOICES:
-            raise InvkitError(f"amp {self.amp!r} is not one of: {', '.join(AMP_CHOICES)}")
+        if self.amp not in PRECISIONS:
+            raise InvkitError(f"amp {self.amp!r} is not one of: {', '.join(PRECISIONS)}")
         if self.iterations is not None and self.iterations < len(self.plan):
             raise InvkitError(
                 f"--iterations {self.iterations} is too few for a {len(self.plan)}-stage "
@@ -99,60 +97,6 @@ class DIConfig:
         out["plan"] = [dataclasses.asdict(s) for s in self.stages()]
         out["betas"] = list(self.betas)
         return out
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """What the ``callback`` receives.
-
-    Called after every iteration with ``losses=None`` (cheap: nothing is read from the
-    device), and every ``save_every`` iterations and at the end with ``losses`` (floats,
-    per term plus ``"total"``) and ``inputs`` (the current batch, normalised space).
-    """
-
-    stage: int
-    stages: int
-    iteration: int          # 1-based, counted over all stages
-    total_iterations: int
-    stage_iteration: int    # 1-based within the stage
-    stage_iterations: int
-    lr: float = 0.0         # the learning rate this iteration used
-    losses: dict[str, float] | None = None
-    inputs: torch.Tensor | None = None
-    verifier_accuracy: float | None = None
-
-
-@dataclass
-class DIResult:
-    """One generated batch.
-
-    ``inputs``: the images in the teacher's normalised space (float32, on the device);
-    ``images01``: the same in [0, 1] (clamped, CPU float32); ``losses``: the unweighted
-    per-term losses of the last iteration plus ``"total"`` (weighted sum) and
-    ``"best_total"`` (the lowest total seen in the final stage, whose iterate is returned
-    when ``keep_best``); ``timings``: seconds per stage; ``its_per_s``; the teacher's
-    prediction and confidence on the result, and the verifier's prediction (if any).
-    """
-
-    inputs: torch.Tensor
-    images01: torch.Tensor
-    targets: torch.Tensor
-    losses: dict[str, float]
-    timings: list[float] = field(default_factory=list)
-    its_per_s: float = 0.0
-    teacher_pred: torch.Tensor | None = None
-    teacher_conf: torch.Tensor | None = None
-    verifier_pred: torch.Tensor | None = None
-
-    @property
-    def teacher_accuracy(self) -> float:
-        return float((self.teacher_pred == self.targets).float().mean())
-
-    @property
-    def verifier_accuracy(self) -> float | None:
-        if self.verifier_pred is None:
-            return None
-        return float((self.verifier_pred == self.targets).float().mean())
 
 
 @dataclass(frozen=True)
@@ -222,32 +166,14 @@ def augment(x: torch.Tensor, downsample: int, jitter: int, flip: bool,
     return x
 
 
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module):
-    """Eval mode and ``requires_grad=False`` on every parameter, restored on exit.
-
-    With frozen weights the backward pass computes input gradients only: no weight
-    gradients nobody uses (about a third of the published step).
-    """
-    was_training = module.training
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    module.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        module.train(was_training)
-
-
 class DeepInversion:
     """Synthesise images the teacher classifies as given targets (Yin et al., CVPR 2020).
 
-    ``objective`` defaults to the ImageNet preset's (cross-entropy + 0.01*bn-stats(10) +
+    ``objective`` defaults to the method's (cross-entropy + 0.01*bn-stats(10) +
     1e-4*tv-l2 + 1e-5*l2). ``student`` is passed to priors that need one (``adi``);
-    ``verifier`` (a :class:`Teacher`) is evaluated at the checkpoints and on the result.
+    ``verifier`` (a verifier from :mod:`invkit.verifiers`, or a :class:`Teacher` to wrap
+    in the ``accuracy`` one) is evaluated at the checkpoints and on the result.
+    This class is the method's factory: core calls it with the configured ``config``.
 
     Example:
         >>> di = DeepInversion(teacher, objective, config=DIConfig(iterations=200, jitter=2))
@@ -262,14 +188,14 @@ class DeepInversion:
         self.objective = objective if objective is not None else default_objective()
         self.config = config or DIConfig()
         self.student = student
-        self.verifier = verifier
+        self.verifier = as_verifier(verifier)
 
     # -- public -----------------------------------------------------------------------
     def generate(self, targets: Sequence[int] | torch.Tensor, seed: int = 0,
-                 callback: Callable[[Checkpoint], None] | None = None) -> DIResult:
+                 callback: Callable[[Checkpoint], None] | None = None) -> Generation:
         """Optimise one batch for ``targets``; deterministic for a ``seed`` on CPU."""
         cfg = self.config
-        device = _module_device(self.teacher.module)
+        device = module_device(self.teacher.module)
         targets = torch.as_tensor(list(targets) if not torch.is_tensor(targets) else targets,
                                   dtype=torch.long).to(device)
         if targets.ndim != 1 or targets.numel() == 0:
@@ -297,9 +223,9 @@ class DeepInversion:
         x = x.to(device).contiguous(memory_format=memory_format).requires_grad_(True)
         rng = random.Random(int(seed))
         low, high = pixels.low, pixels.high
-        autocast = _autocast(device, cfg.amp)
+        amp = autocast(device, cfg.amp)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        schedule = warmup_cosine(cfg.warmup)
+        schedule = build_schedule(cfg.lr_schedule, kind="lr")
         total_iterations = sum(s.iterations for s in stages)
 
         module = self.teacher.module
@@ -312,7 +238,8 @@ class DeepInversion:
         timings: list[float] = []
         done = 0
         setup = Setup(teacher=self.teacher, student=student)
-        with frozen(module), _maybe_frozen(student), self.objective.attached(setup):
+        with frozen(module), frozen(student.module if student else None), \
+                self.objective.attached(setup):
             for stage_index, stage in enumerate(stages):
                 final_stage = stage_index == len(stages) - 1
                 # Fused Adam takes the scaler's inf check as a tensor: no sync per step.
@@ -325,7 +252,7 @@ class DeepInversion:
                         group["lr"] = lr
                     view = pixels.to_input(augment(x, stage.downsample, cfg.jitter,
                                                    cfg.flip, rng))
-                    with autocast:
+                    with amp:
                         logits = module(view)
                         # The adi prior runs the student (from Setup) on this view itself.
                         step = Step(inputs=view, logits=logits, targets=targets,
@@ -357,13 +284,14 @@ class DeepInversion:
                         if checkpoint and self.verifier is not None:
                             pred = self.verify(current)
                             accuracy = float((pred == targets.cpu()).float().mean())
+                        description = f"{stage.downsample}x down" if stage.downsample > 1 else ""
                         callback(Checkpoint(
                             stage=stage_index + 1, stages=len(stages), iteration=done,
                             total_iterations=total_iterations, stage_iteration=i + 1,
                             stage_iterations=stage.iterations, lr=lr,
                             losses=_to_floats(*last) if checkpoint else None,
-                            inputs=current,
-                            verifier_accuracy=accuracy,
+                            inputs=current, verifier_accuracy=accuracy,
+                            description=description,
                         ))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # honest stage timings
@@ -373,52 +301,22 @@ class DeepInversion:
         losses = _to_floats(*last)
         if best_loss is not None:
             losses["best_total"] = float(best_loss)
-        images01 = self.teacher.denormalize(final.float()).clamp(0, 1).contiguous().cpu()
-        elapsed = sum(timings)
-        teacher_pred, teacher_conf = self.predict(final)
-        return DIResult(
-            inputs=final.contiguous(), images01=images01, targets=targets.cpu(),
-            losses=losses, timings=timings,
-            its_per_s=total_iterations / elapsed if elapsed > 0 else 0.0,
-            teacher_pred=teacher_pred, teacher_conf=teacher_conf,
-            verifier_pred=self.verify(final) if self.verifier is not None else None,
-        )
+        return finish(self.teacher, final, targets, losses, verifier=self.verifier,
+                      timings=timings, iterations=total_iterations, precision=cfg.amp)
 
     @torch.no_grad()
     def verify(self, inputs: torch.Tensor) -> torch.Tensor:
         """The verifier's predictions (CPU) on normalised ``inputs`` (resized as needed)."""
-        from invkit.verifiers import TopKAccuracy
-
         images01 = self.teacher.denormalize(inputs.float()).clamp(0, 1)
-        return TopKAccuracy(self.verifier).predict(images01).argmax(1).cpu()
-
-    @torch.no_grad()
-    def predict(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's (prediction, confidence) on normalised ``inputs``."""
-        device = _module_device(self.teacher.module)
-        with _autocast(device, self.config.amp):
-            logits = self.teacher.module(inputs.to(device))
-        probs = logits.float().softmax(1)
-        conf, pred = probs.max(1)
-        return pred.cpu(), conf.cpu()
+        return verifier_predictions(self.verifier, images01)
 
 
 def default_objective() -> Objective:
-    """The ImageNet preset's objective.
+    """The method's default objective (its ``default_priors``)."""
+    from invkit import build_objective, parse_prior
+    from invkit_plugins.deepinversion.presets import DEFAULT_PRIORS
 
-    Built from this plugin's and the core's prior records directly, so it works even
-    when entry-point plugins are disabled (``INVKIT_NO_ENTRYPOINTS``).
-    """
-    from invkit import priors as core_priors
-    from invkit.objective import build_objective, parse_prior
-    from invkit.registry import Registry
-    from invkit_plugins import deepinversion as plugin
-    from invkit_plugins.deepinversion.presets import PRESETS, preset_priors
-
-    specs = [*core_priors.invkit_priors(), *plugin.invkit_priors()]
-    registry = Registry("prior", {spec.name: spec for spec in specs})
-    requests = [parse_prior(p) for p in preset_priors(PRESETS["imagenet"])]
-    return build_objective(requests, priors=registry)
+    return build_objective([parse_prior(p) for p in DEFAULT_PRIORS])
 
 
 def _to_floats(total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -427,24 +325,3 @@ def _to_floats(total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str,
     out = dict(zip(terms, values[:-1]))
     out["total"] = values[-1]
     return out
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _maybe_frozen(teacher: Teacher | None):
-    if teacher is None:
-        yield None
-    else:
-        with frozen(teacher.module) as module:
-            yield module
