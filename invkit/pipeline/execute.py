@@ -86,7 +86,7 @@ def _batch_generator(generator, teacher, run: ResolvedRun, display):
     """``generate(batch) -> GeneratedBatch`` for the writer, reporting to the display."""
     from invkit.output import save_grid
 
-    out = run.output
+    out, every = run.output, run.info.save_every
 
     def generate(batch) -> GeneratedBatch:
         stage = {"current": 0}
@@ -100,7 +100,8 @@ def _batch_generator(generator, teacher, run: ResolvedRun, display):
             display.advance()
             if cp.losses is not None:
                 display.report(cp.losses, cp.verifier_accuracy)
-                if batch.index == 0 and cp.inputs is not None:
+                due = cp.iteration % every == 0 or cp.iteration == cp.total_iterations
+                if batch.index == 0 and cp.inputs is not None and due:
                     images01 = teacher.denormalize(cp.inputs.float()).clamp(0, 1)
                     save_grid(out / "progress" / f"iter_{cp.iteration:05d}.png", images01)
 

@@ -75,7 +75,7 @@ def resolve_run(request: RunRequest, options: Any = None, *,
 
     ``options`` is an instance of the method's options dataclass (``None``: all defaults).
     """
-    from invkit.teachers import find_teacher, preview_teacher
+    from invkit.teachers import check_fits, find_teacher, preview_teacher
 
     spec = spec or _method(request.method)
     teacher_spec = request.teacher or request.arch
@@ -111,7 +111,8 @@ def resolve_run(request: RunRequest, options: Any = None, *,
         if other:
             find_teacher(other)
     if verifier:
-        _check_fits(meta, preview_teacher(verifier, None, request.verifier_weights), verifier)
+        check_fits(meta, teacher_spec, preview_teacher(verifier, None, request.verifier_weights),
+                   verifier)
 
     targets, source = _targets(request, preset, meta)
     batches = tuple(plan_batches(
@@ -185,18 +186,6 @@ def _check_batchnorm(spec: MethodSpec, teacher: str, arch: str | None) -> None:
     hint = f"; methods that work without it: {', '.join(others)}" if others else ""
     raise InvkitError(f"method {spec.name!r} needs a teacher with BatchNorm layers, and "
                       f"{teacher!r} has none{hint}")
-
-
-def _check_fits(meta: TeacherMeta, other: TeacherMeta, name: str) -> None:
-    problem = None
-    if meta.num_classes != other.num_classes:
-        problem = f"it has {other.num_classes} classes, the teacher {meta.num_classes}"
-    elif meta.input_size != other.input_size:
-        problem = f"its input size is {other.input_size} px, the teacher's {meta.input_size} px"
-    if problem:
-        raise InvkitError(f"verifier {name!r} does not fit the teacher: {problem} (choose a "
-                          "verifier with the teacher's classes and input size via "
-                          "--verifier-arch; see 'invkit teachers list')")
 
 
 def _targets(request: RunRequest, preset: Preset | None,

@@ -283,14 +283,20 @@ def check_verifier(teacher: Teacher, verifier: Teacher) -> None:
         Traceback (most recent call last):
         invkit.errors.InvkitError: verifier 'resnet18' does not fit teacher 'digits': ...
     """
-    t, v = teacher.meta, verifier.meta
+    check_fits(teacher.meta, teacher.name, verifier.meta, verifier.name)
+
+
+def check_fits(teacher: TeacherMeta, teacher_name: str, verifier: TeacherMeta,
+               verifier_name: str) -> None:
+    """:func:`check_verifier` on metadata alone (before any weights load)."""
     problem = None
-    if t.num_classes != v.num_classes:
-        problem = f"it has {v.num_classes} classes, the teacher {t.num_classes}"
-    elif t.input_size != v.input_size:
-        problem = f"its input size is {v.input_size} px, the teacher's {t.input_size} px"
+    if teacher.num_classes != verifier.num_classes:
+        problem = f"it has {verifier.num_classes} classes, the teacher {teacher.num_classes}"
+    elif teacher.input_size != verifier.input_size:
+        problem = (f"its input size is {verifier.input_size} px, the teacher's "
+                   f"{teacher.input_size} px")
     if problem:
-        raise InvkitError(f"verifier {verifier.name!r} does not fit teacher {teacher.name!r}: "
+        raise InvkitError(f"verifier {verifier_name!r} does not fit teacher {teacher_name!r}: "
                           f"{problem} (choose a verifier with the teacher's classes and input "
                           "size via --verifier-arch; see 'invkit teachers list')")
 
