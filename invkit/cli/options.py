@@ -14,10 +14,65 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
+from invkit.errors import InvkitError
 from invkit.objective import PriorRequest, merge_requests, parse_prior, set_weight
+from invkit.validate import finite_float
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that must be finite, optionally bounded: the CLI's only float type.
+
+    NaN and infinities are refused with a usage error naming the option (the rule is
+    :func:`invkit.validate.finite_float`). ``minimum``/``maximum`` are inclusive;
+    ``positive`` requires ``> 0``.
+
+    Example::
+
+        @click.option("--temperature", type=FiniteFloat(positive=True), default=4.0)
+        @click.option("--r-feature", type=FiniteFloat(minimum=0), default=None)
+    """
+
+    name = "float"
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None,
+                 positive: bool = False):
+        self.minimum, self.maximum, self.positive = minimum, maximum, positive
+
+    def convert(self, value, param, ctx):
+        try:
+            # click names the option in its message; ours names the value and the rule.
+            return finite_float(value, "", minimum=self.minimum, maximum=self.maximum,
+                                positive=self.positive)
+        except InvkitError as error:
+            self.fail(str(error), param, ctx)
+
+    def get_metavar(self, param, ctx=None):
+        return "FLOAT"
+
+    def __repr__(self):
+        return "FiniteFloat"
+
+
+class OutputDir(click.Path):
+    """An output directory option: a path, never empty (``--output ''`` would otherwise
+    mean the current directory, since ``Path('')`` is ``.``).
+
+    Example::
+
+        @click.option("--output", "-o", type=OutputDir(), default=None)
+    """
+
+    def __init__(self):
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("the output path is empty (pass a directory)", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def teacher_options(command):
