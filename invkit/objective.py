@@ -207,9 +207,16 @@ def parse_prior(text: str) -> PriorRequest:
     weight = None
     if sep:
         try:
-            weight = finite_float(weight_text.strip(), "weight")
-        except InvkitError as error:
-            raise InvkitError(f"malformed --prior {text!r}: {error}; {form}") from None
+            weight = float(weight_text)
+        except ValueError:
+            raise InvkitError(
+                f"malformed --prior {text!r}: weight {weight_text!r} is not a number; {form}"
+            ) from None
+        try:
+            finite_float(weight, "weight")
+        except InvkitError:
+            raise InvkitError(f"malformed --prior {text!r}: weight {weight_text!r} is not "
+                              f"finite (weights must be finite numbers); {form}") from None
     options = []
     for pair in pairs:
         key, eq, value = pair.partition("=")

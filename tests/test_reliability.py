@@ -276,14 +276,14 @@ def test_non_finite_numbers_are_refused_everywhere(text):
     from invkit.objective import build_objective, parse_prior, set_weight
     from invkit.specs import Option
 
-    with pytest.raises(click.BadParameter, match="not a finite number"):
+    with pytest.raises(InvkitError, match="not a finite number"):
         FiniteFloat().convert(text, None, None)
     with pytest.raises(InvkitError, match="not a finite number"):
         Option("m", float, 1.0).parse(text)
     with pytest.raises(InvkitError, match="not a finite number"):
         build_objective([parse_prior(f"bn-stats:1,first_bn_multiplier={text}")])
-    with pytest.raises(InvkitError, match="not a finite number"):
-        parse_prior(f"tv-l2:{text}")
+    with pytest.raises(InvkitError, match="is not finite"):
+        parse_prior(f"tv-l2:{text}")  # the weight
     with pytest.raises(InvkitError, match="not a finite number"):
         set_weight([], "bn-stats", float(text))
     for field in ("lr", "temperature", "weight_decay", "momentum", "grad_clip"):
@@ -293,7 +293,7 @@ def test_non_finite_numbers_are_refused_everywhere(text):
 
 @pytest.mark.parametrize("args, words", [
     (("--temperature", "inf"), ("--temperature", "not a finite number")),
-    (("-T", "0"), ("must be positive",)),
+    (("-T", "0"), ("--temperature=0.0 must be positive",)),
     (("--lr", "nan"), ("--lr", "not a finite number")),
     (("--weight-decay", "-1"), ("--weight-decay", "at least 0")),
 ])
@@ -309,7 +309,7 @@ def test_run_refuses_non_finite_prior_options_and_weights():
     for args in (("--prior", "bn-stats:1,first_bn_multiplier=nan"), ("--r-feature", "nan"),
                  ("--tv-l2", "inf"), ("--prior", "tv-l1:-inf")):
         result = cli("run", "deepinversion", "--teacher", "digits", "--dry-run", *args)
-        assert_one_line_error(result, "not a finite number")
+        assert_one_line_error(result, "finite")
 
 
 # --- 5. resources ---------------------------------------------------------------------------------
@@ -477,6 +477,11 @@ def test_strict_plugins_give_a_clean_error_naming_the_plugin(tmp_path):
         "(INVKIT_STRICT_PLUGINS is set)"]
     lenient = python_invkit("priors", "list", "--json", env=env)
     assert lenient.returncode == 0 and "Warning: plugin 'broken-one'" in lenient.stderr
+    # With entry points off the broken one is never loaded (and the bundled ones stay).
+    off = python_invkit("methods", "list", env={**env, "INVKIT_STRICT_PLUGINS": "1",
+                                                "INVKIT_NO_ENTRYPOINTS": "1"})
+    assert off.returncode == 0 and "broken-one" not in off.stderr + off.stdout
+    assert "deepinversion" in off.stdout
 
 
 # --- 7. small truths ------------------------------------------------------------------------------

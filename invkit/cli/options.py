@@ -12,13 +12,13 @@ Example (a method plugin's command)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from invkit.errors import InvkitError
 from invkit.objective import PriorRequest, merge_requests, parse_prior, set_weight
 from invkit.validate import finite_float
 
@@ -26,8 +26,8 @@ from invkit.validate import finite_float
 class FiniteFloat(click.ParamType):
     """A float option that must be finite, optionally bounded: the CLI's only float type.
 
-    NaN and infinities are refused with a usage error naming the option (the rule is
-    :func:`invkit.validate.finite_float`). ``minimum``/``maximum`` are inclusive;
+    NaN and infinities are refused with an :class:`~invkit.errors.InvkitError` naming the
+    option (one ``Error:`` line; the rule is :func:`invkit.validate.finite_float`). ``minimum``/``maximum`` are inclusive;
     ``positive`` requires ``> 0``.
 
     Example::
@@ -43,12 +43,13 @@ class FiniteFloat(click.ParamType):
         self.minimum, self.maximum, self.positive = minimum, maximum, positive
 
     def convert(self, value, param, ctx):
-        try:
-            # click names the option in its message; ours names the value and the rule.
-            return finite_float(value, "", minimum=self.minimum, maximum=self.maximum,
-                                positive=self.positive)
-        except InvkitError as error:
-            self.fail(str(error), param, ctx)
+        # An InvkitError, not click's usage error: the CLI shows one "Error:" line,
+        # like every other refused input (e.g. "--temperature=inf is not a finite number").
+        label = max(param.opts, key=len) if param is not None and param.opts else "value"
+        with contextlib.suppress(TypeError, ValueError):
+            value = float(value)  # shown as Python writes it: 0 -> 0.0, 1e999 -> inf
+        return finite_float(value, label, minimum=self.minimum, maximum=self.maximum,
+                            positive=self.positive)
 
     def get_metavar(self, param, ctx=None):
         return "FLOAT"

@@ -172,8 +172,8 @@ def _with_weights(name: str, member, trust: bool = False):
     try:
         state = checkpoint.read_state_dict(path, trust=trust)
     except InvkitError as error:
-        raise InvkitError(f"{error} [{path.name} is the torch hub cache's weights file for "
-                          f"{name}: delete it to download it again]") from None
+        raise InvkitError(f"cannot read cached weights of {name}: {error} (if the file is "
+                          "damaged, delete it to download it again)") from None
     with _state_dict_given(member, state):
         try:
             return torchvision.models.get_model(name, weights=member)
