@@ -9,17 +9,21 @@ Example:
 
 from importlib import metadata as _metadata
 
+from invkit.cli.options import FiniteFloat, OutputDir
 from invkit.errors import InvkitError, PluginConflict
 from invkit.hookspecs import hookimpl, hookspec
 from invkit.objective import (
     Objective, Prior, PriorRequest, Setup, Step, build_objective, parse_prior,
 )
+from invkit.lock import OutputLock
 from invkit.plugins import get_plugin_manager
 from invkit.registry import Registry, registry
+from invkit.resources import check_memory, estimate_inversion_bytes
 from invkit.specs import (
     MethodSpec, Option, PriorSpec, ScheduleSpec, Stage, Teacher, TeacherMeta, TeacherSpec,
     VerifierSpec,
 )
+from invkit.validate import finite_float
 
 try:
     __version__ = _metadata.version("invkit")
@@ -39,4 +43,6 @@ __all__ = [
     "PriorRequest", "Setup", "Step", "build_objective", "parse_prior", "get_plugin_manager",
     "Registry", "registry", "MethodSpec", "Option", "PriorSpec", "ScheduleSpec", "Stage",
     "Teacher", "TeacherMeta", "TeacherSpec", "VerifierSpec", "load_teacher", "__version__",
+    "FiniteFloat", "OutputDir", "OutputLock", "check_memory", "estimate_inversion_bytes",
+    "finite_float",
 ]

@@ -37,7 +37,8 @@ RUN_STATE = "state/run.json"
 #: report on it, and the output-directory lock (:mod:`invkit.lock`).
 OWN_ENTRIES = frozenset(RUN_ENTRIES + ("eval.json", LOCK_NAME))
 #: Temporary files of atomic writes a killed process can leave (``.run.json.x1y2.tmp``).
-_RUN_TEMP = re.compile(r"^\.(?:(?:" + "|".join(re.escape(n) for n in sorted(OWN_ENTRIES) if "." in n)
+_RUN_TEMP = re.compile(r"^\.(?:(?:"
+                       + "|".join(re.escape(n) for n in sorted(OWN_ENTRIES) if "." in n)
                        + r")\..+\.tmp|invkit-write-test\..+)$")
 
 
@@ -258,16 +259,15 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume:
         raise InvkitError(f"output path {str(path)!r} exists and is not a directory")
     contents = _contents(path)
     if contents:
-        run = is_invkit_run(path)
+        if not is_invkit_run(path):
+            raise InvkitError(
+                f"output directory {str(path)!r} is not empty and holds no invkit run state "
+                f"(no readable {RUN_STATE}; it holds {_some(contents)}); --resume and "
+                "--overwrite apply only to a run's directory: choose another --output")
         if not (overwrite or resume):
             raise InvkitError(
                 f"output directory {str(path)!r} is not empty; pass --resume to continue "
                 "the run in it or --overwrite to replace it (or choose another --output)")
-        flag = "--overwrite" if overwrite else "--resume"
-        if not run:
-            raise InvkitError(
-                f"refusing {flag}: {str(path)!r} does not hold an invkit run (no readable "
-                f"{RUN_STATE}) but other files ({_some(contents)}); choose another --output")
         foreign = foreign_entries(path)
         if overwrite and foreign:
             raise InvkitError(

@@ -168,7 +168,7 @@ def test_refuses_a_non_empty_output_without_overwrite(invoke, tiny, tmp_path):
     # --overwrite deletes only an invkit run's files: a directory that never held one
     # is refused, and the user's file is untouched.
     result = run_tiny(invoke, out, "--overwrite", "--bf16")
-    assert result.exit_code == 2 and "does not hold an invkit run" in result.output
+    assert result.exit_code == 2 and "holds no invkit run state" in result.output
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
     result = run_tiny(invoke, out, "--overwrite", "--bf16")

@@ -18,9 +18,6 @@ from click.testing import CliRunner
 from invkit.cli import make_cli
 from invkit.errors import InvkitError
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def cli(*args: str, env: dict | None = None):
     """Run the CLI in-process with exceptions caught: a traceback would show as one."""
     return CliRunner().invoke(make_cli(), list(args), env=env)
@@ -36,13 +33,6 @@ def assert_one_line_error(result, *words: str) -> str:
     for word in words:
         assert word in line, line
     return line
-
-
-def python_invkit(*args: str, env: dict | None = None, cwd: Path | None = None):
-    """``python -m invkit ARGS`` in a subprocess (what a user runs)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "invkit", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=300)
 
 
 # --- 1. nothing executed: every weights file loads with weights_only=True -------------------
@@ -154,7 +144,7 @@ def test_overwrite_and_resume_refuse_a_directory_that_never_held_a_run(tmp_path)
     out = _user_dir(tmp_path / "mine")
     before = _snapshot(out)
     for flags in ({"overwrite": True}, {"resume": True}):
-        with pytest.raises(InvkitError, match="does not hold an invkit run") as refused:
+        with pytest.raises(InvkitError, match="holds no invkit run state") as refused:
             prepare_output_dir(out, **flags)
         assert "images" in str(refused.value)  # names some of what is there
         assert _snapshot(out) == before
@@ -202,7 +192,7 @@ def test_run_command_overwrite_leaves_user_files_alone(tmp_path):
     before = _snapshot(out)
     result = cli("run", "deepinversion", "--teacher", "digits", "--iterations", "1", "--bs", "2",
                  "--quiet", "--output", str(out), "--overwrite")
-    assert_one_line_error(result, "does not hold an invkit run")
+    assert_one_line_error(result, "holds no invkit run state")
     assert _snapshot(out) == before
 
 
@@ -456,32 +446,53 @@ def test_a_plugin_prior_that_raises_is_one_line(register_plugin):
     assert_one_line_error(result, "exploding", "broken-prior-plugin")
 
 
-def _broken_entry_point(tmp_path: Path, module_source: str) -> dict:
-    """A fake installed distribution whose ``invkit`` entry point is broken."""
-    (tmp_path / "broken_invkit_plugin.py").write_text(module_source)
-    info = tmp_path / "broken_invkit_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-invkit-plugin\n"
-                                   "Version: 0.1\n")
-    (info / "entry_points.txt").write_text("[invkit]\nbroken-one = broken_invkit_plugin\n")
-    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+class BrokenEntryPoint:
+    """An installed ``invkit`` entry point whose module fails to import."""
+
+    name, dist = "broken-one", None
+
+    def load(self):
+        raise ImportError("needs libfoo")
 
 
-def test_strict_plugins_give_a_clean_error_naming_the_plugin(tmp_path):
-    env = _broken_entry_point(tmp_path, "raise ImportError('needs libfoo')\n")
-    strict = python_invkit("priors", "list", env={**env, "INVKIT_STRICT_PLUGINS": "1"})
-    assert strict.returncode == 2, strict.stderr
-    assert "Traceback" not in strict.stderr
-    assert strict.stderr.strip().splitlines() == [
-        "Error: plugin 'broken-one' failed to load: ImportError: needs libfoo "
-        "(INVKIT_STRICT_PLUGINS is set)"]
-    lenient = python_invkit("priors", "list", "--json", env=env)
-    assert lenient.returncode == 0 and "Warning: plugin 'broken-one'" in lenient.stderr
-    # With entry points off the broken one is never loaded (and the bundled ones stay).
-    off = python_invkit("methods", "list", env={**env, "INVKIT_STRICT_PLUGINS": "1",
-                                                "INVKIT_NO_ENTRYPOINTS": "1"})
-    assert off.returncode == 0 and "broken-one" not in off.stderr + off.stdout
-    assert "deepinversion" in off.stdout
+def test_strict_plugins_give_a_clean_error_naming_the_plugin(monkeypatch, capsys):
+    from importlib import metadata
+
+    from invkit import plugins
+    from invkit.cli import main
+
+    real = metadata.entry_points
+
+    def entry_points(**kwargs):
+        if kwargs.get("group") == plugins.ENTRYPOINT_GROUP:
+            return [BrokenEntryPoint()]
+        return real(**kwargs)
+
+    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+
+    def run(*args: str) -> tuple[int, str]:
+        plugins.get_plugin_manager.cache_clear()  # load the entry points again
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+        return exited.value.code, capsys.readouterr().err
+
+    try:
+        monkeypatch.setenv("INVKIT_STRICT_PLUGINS", "1")
+        code, err = run("priors", "list")
+        assert code == 2 and err.splitlines() == [
+            "Error: plugin 'broken-one' failed to load: ImportError: needs libfoo "
+            "(INVKIT_STRICT_PLUGINS is set)"]
+        monkeypatch.delenv("INVKIT_STRICT_PLUGINS")
+        code, err = run("priors", "list", "--json")
+        assert code == 0 and err.splitlines() == [
+            "Warning: plugin 'broken-one' failed to load: ImportError: needs libfoo"]
+        # With entry points off the broken one is never loaded, even when strict.
+        monkeypatch.setenv("INVKIT_STRICT_PLUGINS", "1")
+        monkeypatch.setenv("INVKIT_NO_ENTRYPOINTS", "1")
+        code, err = run("priors", "list", "--json")
+        assert code == 0 and err == ""
+    finally:
+        plugins.get_plugin_manager.cache_clear()
 
 
 # --- 7. small truths ------------------------------------------------------------------------------
@@ -508,15 +519,16 @@ def test_distill_data_that_is_a_file_says_so(tmp_path):
 
 
 def test_no_entrypoints_keeps_the_bundled_deepinversion_once():
-    code = ("from invkit.plugins import get_plugin_manager; pm = get_plugin_manager(); "
-            "from invkit.plugins import load_entrypoints; load_entrypoints(pm); "
-            "import invkit_plugins.deepinversion as di; "
-            "print(sorted(n for n, p in pm.list_name_plugin() if p is di))")
-    env = {**os.environ, "INVKIT_NO_ENTRYPOINTS": "1"}
+    # A fresh process: the plugin manager is built once per process from the environment.
+    code = ("from invkit.plugins import get_plugin_manager, load_entrypoints; "
+            "from invkit.registry import registry; "
+            "import invkit_plugins.deepinversion as di; pm = get_plugin_manager(); "
+            "load_entrypoints(pm); "  # entry points loaded later still do not add it twice
+            "print(sorted(n for n, p in pm.list_name_plugin() if p is di), "
+            "registry('method').names())")
+    env = {**os.environ, "INVKIT_NO_ENTRYPOINTS": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['deepinversion']"
-    listed = python_invkit("methods", "list", "--json", env={"INVKIT_NO_ENTRYPOINTS": "1"})
-    assert listed.returncode == 0, listed.stderr
-    assert "deepinversion" in [m["name"] for m in json.loads(listed.stdout)]
+    assert out.stdout.strip().startswith("['deepinversion'] [")
+    assert "'deepinversion'" in out.stdout.split("] ", 1)[1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from invkit.errors import InvkitError
 from invkit.objective import PriorRequest, merge_requests, parse_prior, set_weight
 from invkit.validate import finite_float
 
@@ -72,7 +73,8 @@ class OutputDir(click.Path):
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
-            self.fail("the output path is empty (pass a directory)", param, ctx)
+            label = max(param.opts, key=len) if param is not None and param.opts else "--output"
+            raise InvkitError(f"the output path is empty: pass {label} DIR")
         return super().convert(value, param, ctx)
 
 
