@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from invkit.cli import make_cli
 from invkit.errors import InvkitError
 
+
 def cli(*args: str, env: dict | None = None):
     """Run the CLI in-process with exceptions caught: a traceback would show as one."""
     return CliRunner().invoke(make_cli(), list(args), env=env)
@@ -332,8 +333,8 @@ def test_a_checkpoint_claiming_absurd_metadata_is_refused(tmp_path):
 
     path = tmp_path / "digits.safetensors"
     save_teacher(load_teacher("digits"), path)
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata())

@@ -28,8 +28,8 @@ class FiniteFloat(click.ParamType):
     """A float option that must be finite, optionally bounded: the CLI's only float type.
 
     NaN and infinities are refused with an :class:`~invkit.errors.InvkitError` naming the
-    option (one ``Error:`` line; the rule is :func:`invkit.validate.finite_float`). ``minimum``/``maximum`` are inclusive;
-    ``positive`` requires ``> 0``.
+    option (one ``Error:`` line; the rule is :func:`invkit.validate.finite_float`).
+    ``minimum``/``maximum`` are inclusive; ``positive`` requires ``> 0``.
 
     Example::
 
