@@ -45,7 +45,7 @@ class Plant:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))
+        return (Path.touch, (Path(self.marker),))
 
 
 def _hub_file(tmp_path, monkeypatch) -> Path:
