@@ -27,12 +27,15 @@ from invkit.methods import (
 from invkit.objective import (
     Objective, Prior, PriorRequest, Setup, Step, build_objective, parse_prior,
 )
+from invkit.lock import OutputLock
 from invkit.plugins import get_plugin_manager
 from invkit.registry import Registry, registry
+from invkit.resources import check_memory, estimate_inversion_bytes
 from invkit.specs import (
     MethodSpec, Option, Preset, PriorFlag, PriorSpec, ScheduleSpec, Stage, Teacher,
     TeacherMeta, TeacherSpec, VerifierSpec,
 )
+from invkit.validate import finite_float
 
 try:
     __version__ = _metadata.version("invkit")
@@ -50,6 +53,7 @@ _LAZY = {
     "run_method": "invkit.pipeline", "RunRequest": "invkit.pipeline",
     "resolve_run": "invkit.pipeline", "plan_batches": "invkit.pipeline",
     "generate_dataset": "invkit.pipeline", "RunInterrupted": "invkit.pipeline",
+    "FiniteFloat": "invkit.cli.options", "OutputDir": "invkit.cli.options",
 }
 
 
@@ -82,4 +86,7 @@ __all__ = [
     # running
     "run_method", "RunRequest", "resolve_run", "plan_batches", "generate_dataset",
     "RunInterrupted", "__version__",
+    # safety
+    "FiniteFloat", "OutputDir", "OutputLock", "check_memory", "estimate_inversion_bytes",
+    "finite_float",
 ]

@@ -11,11 +11,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
 
-from invkit.cli.options import teacher_options
+from invkit.cli.options import FiniteFloat, OutputDir, teacher_options
 from invkit.hookspecs import hookimpl
 
 
@@ -50,12 +51,16 @@ def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_
       invkit eval generations/digits --verifier-arch digits-verifier
     """
     from invkit.data import find_layout
+    from invkit.distributed import local_device
     from invkit.evaluate import evaluate_dir, per_class_table
 
+    device = local_device(device)
     find_layout(directory)  # a missing or empty directory fails before loading a network
+    _writable(directory, "eval.json")
     network = _load(verifier, weights=verifier_weights, trust_checkpoint=trust_checkpoint,
                     device=device)
-    report = evaluate_dir(directory, network, batch_size=batch_size)
+    with _write_errors(directory):
+        report = evaluate_dir(directory, network, batch_size=batch_size)
     if not quiet:
         from rich.console import Console
 
@@ -76,7 +81,7 @@ def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_
 @click.option("--test-data", default=None, metavar="DIR|digits",
               help="Real images to evaluate on after every epoch: an ImageFolder, or 'digits' "
                    "(the held-out digits split).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "-o", type=OutputDir(), default=None,
               help="Where to write student.safetensors and distill.json "
                    "[default: students/<student>-from-<teacher>].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory's files.")
@@ -84,13 +89,14 @@ def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_
               help="Passes over the generated images.")
 @click.option("--batch-size", "--bs", default=64, show_default=True, type=click.IntRange(min=1),
               help="Training batch size.")
-@click.option("--lr", default=None, type=float,
+@click.option("--lr", default=None, type=FiniteFloat(positive=True),
               help="Peak learning rate, cosine-decayed to 0 [default: 0.05 sgd, 0.001 adam].")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
               help="SGD with Nesterov momentum, or Adam.")
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
+@click.option("--weight-decay", default=5e-4, show_default=True, type=FiniteFloat(minimum=0),
               help="L2 weight decay of the student.")
-@click.option("--temperature", "-T", default=4.0, show_default=True, type=float,
+@click.option("--temperature", "-T", default=4.0, show_default=True,
+              type=FiniteFloat(positive=True),
               help="Softmax temperature of the KD loss (the loss is scaled by T^2).")
 @click.option("--padding", default=None, type=click.IntRange(min=0),
               help="Random-crop padding in pixels [default: input size / 8].")
@@ -114,11 +120,14 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
     """
     from invkit.data import load_image_dataset, load_test_data
     from invkit.distill import DistillConfig, distill, save_distilled
+    from invkit.distributed import local_device
     from invkit.errors import InvkitError
+    from invkit.lock import OutputLock
     from invkit.progress import ProgressDisplay
 
     if teacher is None and arch is None:
         raise InvkitError("no teacher given: pass --teacher SPEC (see 'invkit teachers list')")
+    device = local_device(device)
     if flip is None:
         flip = not str(teacher or arch).startswith("digits")
     if lr is None:
@@ -133,16 +142,20 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
     student_net = _load(student, weights=student_weights, device=device)
     if output is None:
         output = Path("students") / f"{_slug(student_net.name)}-from-{_slug(teacher_net.name)}"
-    _prepare(output, overwrite)
     test = load_test_data(test_data, size=student_net.meta.input_size) if test_data else None
-    click.echo(f"distilling {teacher_net.name} -> {student_net.name} on {images.shape[0]} images "
-               f"from {len(data)} dir(s), {epochs} epochs", err=True)
-    with ProgressDisplay(quiet=quiet) as progress:
-        result = distill(teacher_net, student_net, images, targets, config=config, test=test,
-                         progress=progress)
-    path = save_distilled(result, output, teacher_net,
-                          extra={"data": [str(d) for d in data], "images": int(images.shape[0]),
-                                 "test_data": test_data})
+    # One distillation per output directory at a time (a second is refused, naming this one).
+    with OutputLock(output):
+        with _write_errors(output):
+            _prepare(output, overwrite)
+        click.echo(f"distilling {teacher_net.name} -> {student_net.name} on {images.shape[0]} "
+                   f"images from {len(data)} dir(s), {epochs} epochs", err=True)
+        with ProgressDisplay(quiet=quiet) as progress:
+            result = distill(teacher_net, student_net, images, targets, config=config,
+                             test=test, progress=progress)
+        with _write_errors(output):
+            path = save_distilled(result, output, teacher_net,
+                                  extra={"data": [str(d) for d in data],
+                                         "images": int(images.shape[0]), "test_data": test_data})
     line = f"student saved to {path} (use it as --teacher checkpoint:{path})"
     if result.final_test_acc is not None:
         line += (f"; test accuracy {100 * result.final_test_acc:.2f}% "
@@ -165,11 +178,41 @@ def _prepare(output: Path, overwrite: bool) -> None:
     """Refuse to mix a new student into an old run directory unless --overwrite."""
     from invkit.errors import InvkitError
 
+    if not str(output).strip():
+        raise InvkitError("the output path is empty: pass --output DIR")
+    if output.exists() and not output.is_dir():
+        raise InvkitError(f"output path {str(output)!r} exists and is not a directory")
     taken = [name for name in ("student.safetensors", "distill.json") if (output / name).exists()]
     if taken and not overwrite:
         raise InvkitError(f"output directory {str(output)!r} already holds {taken[0]}; "
                           "pass --overwrite to replace it or choose another --output")
     output.mkdir(parents=True, exist_ok=True)
+    _writable(output, "student.safetensors")
+
+
+def _writable(directory: Path, name: str) -> None:
+    """Refuse, before any work, a directory where ``name`` cannot be written."""
+    from invkit.errors import InvkitError
+    from invkit.output import check_writable
+
+    try:
+        check_writable(directory)
+    except OSError as error:
+        raise InvkitError(f"cannot write {name} in {str(directory)!r}: "
+                          f"{error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def _write_errors(directory: Path):
+    """A failed write (disk full, read-only, permissions) as one line naming the place."""
+    from invkit.errors import InvkitError
+
+    try:
+        yield
+    except OSError as error:
+        where = getattr(error, "filename", None) or directory
+        raise InvkitError(f"cannot write to {str(where)!r}: {error.strerror or error}") \
+            from None
 
 
 @hookimpl

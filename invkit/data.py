@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ from invkit.errors import InvkitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 _LEADING_DIGITS = re.compile(r"^(\d+)(?:_(.*))?$")
+#: The most pixels one image may have (64 megapixels, e.g. 8192 x 8192): far above any
+#: classifier's input, far below what exhausts memory when decoded.
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,11 @@ def find_layout(directory: Path) -> tuple[str, Path]:
         ('imagefolder', PosixPath('generations/digits/images'))
     """
     directory = Path(directory)
+    expected = "expected a generated run directory, an ImageFolder or a shard dir"
+    if directory.exists() and not directory.is_dir():
+        raise InvkitError(f"data path {str(directory)!r} is a file, not a directory ({expected})")
     if not directory.is_dir():
-        raise InvkitError(f"data directory {str(directory)!r} does not exist "
-                          "(expected a generated run directory, an ImageFolder or a shard dir)")
+        raise InvkitError(f"data directory {str(directory)!r} does not exist ({expected})")
     if (directory / "shards").is_dir() and any((directory / "shards").glob("*.safetensors")):
         return "shards", directory / "shards"
     if (directory / "images").is_dir():
@@ -100,12 +106,25 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # our own limit below is the one that speaks
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            # The header's size, checked before decoding: a small file can claim
+            # 100000 x 100000 pixels (tens of GB once decoded).
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InvkitError(f"image {str(path)!r} claims {width}x{height} pixels, more "
+                                  f"than the {MAX_IMAGE_PIXELS:,} invkit reads per image")
             image = image.convert("RGB")
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as error:
+    except Image.DecompressionBombError:
+        raise InvkitError(f"image {str(path)!r} claims more than {MAX_IMAGE_PIXELS:,} pixels "
+                          "(a decompression bomb, or not an image invkit wrote)") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        # PIL raises SyntaxError/ValueError for some malformed headers.
         raise InvkitError(f"cannot read image {str(path)!r}: {error}") from None
 
 
@@ -122,8 +141,8 @@ def load_imagefolder(root: Path, size: int | None = None) -> tuple[torch.Tensor,
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise InvkitError(f"images in {str(root)!r} have different sizes "
-                          f"({', '.join(sorted(f'{s[1]}x{s[0]}' for s in shapes))}); "
-                          "pass a size to resize them to")
+                          f"({', '.join(sorted(f'{s[1]}x{s[0]}' for s in shapes))}): the "
+                          "images of one directory must share one size; resize them first")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(targets, dtype=torch.int64)
 
@@ -186,8 +205,8 @@ def load_image_dataset(dirs: Sequence[Path | str], size: int | None = None,
     shapes = {tuple(i.shape[1:]) for i in images}
     if len(shapes) > 1:
         raise InvkitError("the data directories hold images of different sizes "
-                          f"({', '.join(sorted('x'.join(map(str, s[1:])) for s in shapes))}); "
-                          "pass size= to resize them to one")
+                          f"({', '.join(sorted('x'.join(map(str, s[1:])) for s in shapes))}): "
+                          "combine only directories of one image size, or resize them first")
     return torch.cat(images), torch.cat(targets)
 
 

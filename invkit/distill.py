@@ -37,6 +37,7 @@ from invkit.output import write_json
 from invkit.progress import ProgressDisplay
 from invkit.schedules import warmup_cosine
 from invkit.specs import Teacher
+from invkit.validate import finite_float
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -78,12 +79,15 @@ class DistillConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise InvkitError(f"{name}={getattr(self, name)} must be at least 1")
+        # Finite numbers only (invkit.validate): NaN/inf train a NaN student "successfully".
         for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise InvkitError(f"{name}={getattr(self, name)} must be positive")
-        if self.warmup_epochs < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
-            raise InvkitError(f"warmup_epochs={self.warmup_epochs} must be 0 or more and "
-                              f"grad_clip={self.grad_clip} positive (or None)")
+            finite_float(getattr(self, name), name, positive=True)
+        finite_float(self.momentum, "momentum", minimum=0, maximum=1)
+        finite_float(self.weight_decay, "weight_decay", minimum=0)
+        if self.grad_clip is not None:
+            finite_float(self.grad_clip, "grad_clip", positive=True)
+        if self.warmup_epochs < 0:
+            raise InvkitError(f"warmup_epochs={self.warmup_epochs} must be 0 or more")
         if self.padding is not None and self.padding < 0:
             raise InvkitError(f"padding={self.padding} must be 0 or more")
 

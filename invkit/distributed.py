@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+from invkit.errors import InvkitError
 
 #: How long a rank may wait at the start or end for the others. Ranks wait at the
 #: end for the slowest one to finish its share of batches, which can take long on
@@ -81,29 +84,62 @@ def is_main_process() -> bool:
     return dist_env().is_main
 
 
+#: The device strings :func:`local_device` accepts, for error messages.
+VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps"
+_DEVICE = re.compile(r"^(auto|cpu|cuda|mps)(?::(\d+))?$")
+
+
 def local_device(requested: str | None = None) -> str:
     """The device this rank should use: under torchrun, CUDA devices get ``cuda:LOCAL_RANK``.
 
     ``requested`` is what the user asked for (``None``/``"auto"``: CUDA when available,
-    else CPU). An explicit index (``"cuda:1"``) is kept as given.
+    else CPU). An explicit index (``"cuda:1"``) is kept as given. A malformed string
+    (``gpu``, ``cuda:x``), a device this machine lacks (``cuda`` without CUDA,
+    ``cuda:99``) is an :class:`~invkit.errors.InvkitError` naming the valid forms.
 
     Example:
         >>> local_device("cuda")       # on local rank 2 of a torchrun job
         'cuda:2'
         >>> local_device("cpu")
         'cpu'
+        >>> local_device("gpu")
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: device 'gpu' is not valid (valid: auto, cpu, cuda, cuda:N, mps)
     """
     import torch
 
-    if requested in (None, "", "auto"):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
+    text = "auto" if requested is None else str(requested).strip()
+    match = _DEVICE.match(text or "auto")
+    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise InvkitError(f"device {requested!r} is not valid (valid: {VALID_DEVICES})")
+    kind, index = match.group(1), match.group(2)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return "cpu"
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InvkitError(f"device {requested!r}: this machine has no MPS (Apple GPU) "
+                              "device; use --device cpu")
+        return "mps"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        built = torch.version.cuda or "none"
+        raise InvkitError(f"device {requested!r}: CUDA is not available on this machine "
+                          f"(torch {torch.__version__}, built for CUDA {built}); use --device "
+                          "cpu")
+    if index is None:
         env = dist_env()
         index = env.local_rank if env.distributed else torch.cuda.current_device()
-        requested = f"cuda:{index}"
-    if requested.startswith("cuda:"):
-        torch.cuda.set_device(int(requested.split(":", 1)[1]))
-    return requested
+        if int(index) >= count:
+            raise InvkitError(f"local rank {index} has no CUDA device: this machine has "
+                              f"{count} (start at most {count} processes per node)")
+    elif int(index) >= count:
+        raise InvkitError(f"device {requested!r}: this machine has {count} CUDA device(s), "
+                          f"cuda:0 to cuda:{count - 1}")
+    torch.cuda.set_device(int(index))
+    return f"cuda:{int(index)}"
 
 
 def init_distributed(device: str | None = None) -> DistEnv:

@@ -189,13 +189,14 @@ class Context:
     ``meta``: the teacher's metadata (known before any weights load); ``precision``:
     fp32, fp16 or bf16; ``checkpoint_every``: iterations between the checkpoints at which
     losses are read back and the callback gets images; ``batch_size``: images per batch
-    (for memory estimates).
+    (for memory estimates); ``device``: where the run will happen.
     """
 
     meta: TeacherMeta
     precision: str = "fp32"
     checkpoint_every: int = 100
     batch_size: int = 1
+    device: str = "cpu"
 
 
 # --------------------------------------------------------------------------- results

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from invkit.errors import InvkitError
 from invkit.specs import Teacher, parse_options
+from invkit.validate import finite_float
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -211,8 +212,11 @@ def parse_prior(text: str) -> PriorRequest:
             raise InvkitError(
                 f"malformed --prior {text!r}: weight {weight_text!r} is not a number; {form}"
             ) from None
-        if weight != weight or weight in (float("inf"), float("-inf")):
-            raise InvkitError(f"malformed --prior {text!r}: weight must be finite; {form}")
+        try:
+            finite_float(weight, "weight")
+        except InvkitError:
+            raise InvkitError(f"malformed --prior {text!r}: weight {weight_text!r} is not "
+                              f"finite (weights must be finite numbers); {form}") from None
     options = []
     for pair in pairs:
         key, eq, value = pair.partition("=")
@@ -257,17 +261,38 @@ def set_weight(requests: Sequence[PriorRequest], name: str, weight: float | None
 def _updated(request: PriorRequest, weight: float | None, options: dict) -> PriorRequest:
     merged = dict(request.options)
     merged.update(options)
-    return PriorRequest(request.name, request.weight if weight is None else float(weight),
+    if weight is not None:
+        weight = finite_float(weight, f"{request.name} weight")
+    return PriorRequest(request.name, request.weight if weight is None else weight,
                         tuple(merged.items()))
 
 
 def build_prior(spec, options: dict[str, Any] | Iterable[tuple[str, Any]] = ()) -> Prior:
-    """Build the prior of ``spec`` with validated options (name and options set for display)."""
+    """Build the prior of ``spec`` with validated options (name and options set for display).
+
+    A factory that raises (a plugin's bug, or a value its own checks refuse) becomes one
+    :class:`InvkitError` line naming the prior and the plugin that provides it.
+
+    Example:
+        >>> build_prior(registry("prior").get("tv-l2")).name
+        'tv-l2'
+    """
     parsed = parse_options(f"prior {spec.name!r}", spec.options, dict(options))
-    prior = spec.factory(**parsed)
+    try:
+        prior = spec.factory(**parsed)
+    except InvkitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a plugin's bug must not print a traceback
+        raise InvkitError(f"prior {spec.name!r} (from plugin {spec.provider!r}) failed to "
+                          f"build: {type(error).__name__}: {_one_line(error)}") from None
     prior.name = spec.name
     prior.options = parsed
     return prior
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_objective(requests: Sequence[PriorRequest], priors: Registry | None = None) -> Objective:
@@ -286,6 +311,7 @@ def build_objective(requests: Sequence[PriorRequest], priors: Registry | None = 
         spec = priors.get(request.name)
         prior = build_prior(spec, request.options)
         weight = spec.default_weight if request.weight is None else request.weight
+        weight = finite_float(weight, f"{spec.name} weight")
         key = (spec.name, tuple(sorted((k, repr(v)) for k, v in prior.options.items())))
         if key in terms:
             terms[key][0] += weight

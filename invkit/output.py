@@ -26,10 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from invkit.errors import InvkitError
+from invkit.lock import LOCK_NAME
 
 #: What a run writes into its output directory; ``--overwrite`` removes exactly these
 #: (never anything else a user may keep there).
 RUN_ENTRIES = ("images", "shards", "progress", "state", "manifest.jsonl", "grid.png", "run.json")
+#: The file that marks a directory as an invkit run (written first by every run).
+RUN_STATE = "state/run.json"
+#: Everything invkit itself may leave in a run directory: the run, ``invkit eval``'s
+#: report on it, and the output-directory lock (:mod:`invkit.lock`).
+OWN_ENTRIES = frozenset(RUN_ENTRIES + ("eval.json", LOCK_NAME))
+#: Temporary files of atomic writes a killed process can leave (``.run.json.x1y2.tmp``).
+_RUN_TEMP = re.compile(r"^\.(?:(?:"
+                       + "|".join(re.escape(n) for n in sorted(OWN_ENTRIES) if "." in n)
+                       + r")\..+\.tmp|invkit-write-test\..+)$")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -192,36 +202,130 @@ def _sanitise(name: str, limit: int = 60) -> str:
     return cleaned[:limit].rstrip("._")
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create the run directory, refusing to mix a new run into an old one.
+def is_invkit_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an invkit run: its resume state ``state/run.json`` is there.
 
-    An existing non-empty directory is refused unless ``resume`` (continue the run
-    in it) or ``overwrite`` (remove the previous run's files: only the entries in
-    :data:`RUN_ENTRIES`, never other files kept there) is given.
+    Only such a directory may be overwritten or resumed. The state file is written
+    first thing by every run (before any image), as a JSON object with a ``plan``.
+
+    Example:
+        >>> is_invkit_run("generations/digits"), is_invkit_run("Pictures")
+        (True, False)
+    """
+    state = Path(path) / RUN_STATE
+    try:
+        data = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "plan" in data
+
+
+def foreign_entries(path: str | os.PathLike) -> list[str]:
+    """The names in ``path`` that no invkit run writes (sorted): what ``--overwrite`` keeps.
+
+    Example:
+        >>> foreign_entries("generations/digits")
+        ['notes.txt']
+    """
+    return sorted(entry.name for entry in Path(path).iterdir()
+                  if entry.name not in OWN_ENTRIES and not _RUN_TEMP.match(entry.name))
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run directory, refusing to mix a new run into anything else.
+
+    - An empty path (``--output ''``) is refused; so is a path that is a file.
+    - A missing or empty directory is used as it is (also with ``resume``: nothing to
+      continue, so the run starts).
+    - A non-empty directory is refused unless it holds an invkit run
+      (:func:`is_invkit_run`) and ``resume`` (continue it) or ``overwrite`` is given.
+    - ``overwrite`` deletes only what a run writes (:data:`RUN_ENTRIES`, ``eval.json``
+      and leftover temporary files of atomic writes), and only when nothing else is
+      there: a directory holding other files is refused, naming some of them.
+    - A location that cannot be created or written is a one-line error.
+
+    The output-directory lock file (:mod:`invkit.lock`) does not count as content.
 
     Example:
         >>> prepare_output_dir("generations/test")                  # new, or empty
-        >>> prepare_output_dir("generations/test", overwrite=True)  # start again
+        >>> prepare_output_dir("generations/test", overwrite=True)  # replace an earlier run
     """
+    if not str(path).strip():
+        raise InvkitError("the output path is empty: pass --output DIR")
     path = Path(path)
     if overwrite and resume:
         raise InvkitError("--overwrite and --resume cannot be used together: choose one")
     if path.exists() and not path.is_dir():
         raise InvkitError(f"output path {str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if overwrite:
-            for name in RUN_ENTRIES:
-                entry = path / name
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                elif entry.exists() or entry.is_symlink():
-                    entry.unlink()
-        elif not resume:
+    contents = _contents(path)
+    if contents:
+        if not is_invkit_run(path):
+            raise InvkitError(
+                f"output directory {str(path)!r} is not empty and holds no invkit run state "
+                f"(no readable {RUN_STATE}; it holds {_some(contents)}); --resume and "
+                "--overwrite apply only to a run's directory: choose another --output")
+        if not (overwrite or resume):
             raise InvkitError(
                 f"output directory {str(path)!r} is not empty; pass --resume to continue "
-                "the run in it or --overwrite to replace it (or choose another --output)"
-            )
-    path.mkdir(parents=True, exist_ok=True)
+                "the run in it or --overwrite to replace it (or choose another --output)")
+        foreign = foreign_entries(path)
+        if overwrite and foreign:
+            raise InvkitError(
+                f"refusing --overwrite: {str(path)!r} also holds files no invkit run wrote "
+                f"({_some(foreign)}); move them away or choose another --output")
+        if overwrite:
+            _remove_run(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        check_writable(path)
+    except OSError as error:
+        raise InvkitError(f"cannot write to output directory {str(path)!r}: "
+                          f"{error.strerror or error}") from None
     return path
 
 
+def check_writable(directory: str | os.PathLike) -> None:
+    """Raise ``OSError`` unless a file can be created in ``directory`` (read-only disks too).
+
+    Example:
+        >>> check_writable("/proc")
+        Traceback (most recent call last):
+        PermissionError: [Errno 13] Permission denied: '/proc/...'
+    """
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".invkit-write-test.")
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _contents(path: Path) -> list[str]:
+    """The names in ``path`` except the lock file (empty for a missing directory)."""
+    if not path.is_dir():
+        return []  # missing (or under a file: mkdir reports that)
+    try:
+        return sorted(e.name for e in path.iterdir() if e.name != LOCK_NAME)
+    except OSError as error:
+        raise InvkitError(f"cannot read output directory {str(path)!r}: "
+                          f"{error.strerror or error}") from None
+
+
+def _some(names: list[str], show: int = 3) -> str:
+    more = f" and {len(names) - show} more" if len(names) > show else ""
+    return ", ".join(names[:show]) + more
+
+
+def _remove_run(path: Path) -> None:
+    """Delete an earlier run's entries (:func:`foreign_entries` already found nothing else)."""
+    try:
+        for entry in sorted(path.iterdir()):
+            if entry.name not in OWN_ENTRIES and not _RUN_TEMP.match(entry.name):
+                continue
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as error:
+        raise InvkitError(f"cannot remove the earlier run in {str(path)!r}: "
+                          f"{error.strerror or error} ({getattr(error, 'filename', '')})") \
+            from None

@@ -3,7 +3,7 @@
 Environment switches:
 
 - ``INVKIT_NO_ENTRYPOINTS=1``: do not load plugins from the ``invkit`` entry-point
-  group (built-ins still load; DeepInversion is an entry point, so it is skipped).
+  group (built-ins still load, the bundled DeepInversion plugin included).
 - ``INVKIT_STRICT_PLUGINS=1``: a plugin that fails to import, or raises in a hook,
   is an error instead of a warning (for plugin authors).
 """
@@ -19,6 +19,7 @@ from importlib import metadata
 import pluggy
 
 from invkit import hookspecs
+from invkit.errors import InvkitError
 
 ENTRYPOINT_GROUP = "invkit"
 
@@ -31,6 +32,10 @@ BUILTIN_PLUGINS = (
     "invkit.commands",
 )
 
+#: Plugins shipped in this distribution that are also declared as entry points (the
+#: entry-point name, then the module): loaded by name when entry points are disabled.
+BUNDLED_PLUGINS = {"deepinversion": "invkit_plugins.deepinversion"}
+
 
 class PluginWarning(UserWarning):
     """A plugin failed to load or raised in a hook; the rest of invkit keeps working."""
@@ -40,11 +45,17 @@ def strict() -> bool:
     return os.environ.get("INVKIT_STRICT_PLUGINS", "") not in ("", "0")
 
 
+class BrokenPlugin(InvkitError):
+    """Under ``INVKIT_STRICT_PLUGINS``: a plugin failed (one ``Error:`` line naming it)."""
+
+
 def report_broken(plugin: str, error: BaseException, where: str = "load") -> None:
-    """Warn about a broken plugin (or raise, under ``INVKIT_STRICT_PLUGINS``)."""
-    message = f"plugin {plugin!r} failed to {where}: {type(error).__name__}: {error}"
+    """Warn about a broken plugin (or raise :class:`BrokenPlugin`, under
+    ``INVKIT_STRICT_PLUGINS``)."""
+    detail = " ".join(str(error).split())
+    message = f"plugin {plugin!r} failed to {where}: {type(error).__name__}: {detail}"
     if strict():
-        raise RuntimeError(message) from error
+        raise BrokenPlugin(message + " (INVKIT_STRICT_PLUGINS is set)") from error
     warnings.warn(message, PluginWarning, stacklevel=3)
 
 
@@ -62,6 +73,12 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.register(importlib.import_module(module_name), name=module_name)
     if os.environ.get("INVKIT_NO_ENTRYPOINTS", "") in ("", "0"):
         load_entrypoints(pm)
+    else:
+        # The bundled methods are built-ins too; normally their entry point (same name)
+        # registers them, and with entry points off they must still be there.
+        for name, module_name in BUNDLED_PLUGINS.items():
+            if pm.get_plugin(name) is None:
+                pm.register(importlib.import_module(module_name), name=name)
     return pm
 
 

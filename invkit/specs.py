@@ -37,16 +37,25 @@ class Option:
     choices: tuple[Any, ...] | None = None
 
     def parse(self, value: Any) -> Any:
-        """Convert ``value`` (often a string from the command line) to this option's type."""
-        try:
-            if self.type is bool and isinstance(value, str):
-                parsed = _BOOL_WORDS[value.strip().lower()]
-            else:
-                parsed = self.type(value)
-        except (KeyError, TypeError, ValueError):
-            raise InvkitError(
-                f"option {self.name}={value!r} is not a valid {self.type.__name__}"
-            ) from None
+        """Convert ``value`` (often a string from the command line) to this option's type.
+
+        Float options must be finite (NaN and infinities are refused, see
+        :func:`invkit.validate.finite_float`).
+        """
+        if self.type is float:
+            from invkit.validate import finite_float
+
+            parsed = finite_float(value, f"option {self.name}")
+        else:
+            try:
+                if self.type is bool and isinstance(value, str):
+                    parsed = _BOOL_WORDS[value.strip().lower()]
+                else:
+                    parsed = self.type(value)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise InvkitError(
+                    f"option {self.name}={value!r} is not a valid {self.type.__name__}"
+                ) from None
         if self.choices is not None and parsed not in self.choices:
             raise InvkitError(
                 f"option {self.name}={value!r} must be one of: "

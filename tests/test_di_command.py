@@ -170,9 +170,14 @@ def test_refuses_a_non_empty_output_without_overwrite(invoke, tiny, tmp_path):
     result = run_tiny(invoke, out)
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert not (out / "images").exists()
+    # --overwrite deletes only an invkit run's files: a directory that never held one
+    # is refused, and the user's file is untouched.
+    result = run_tiny(invoke, out, "--overwrite", "--bf16")
+    assert result.exit_code == 2 and "holds no invkit run state" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     result = run_tiny(invoke, out, "--overwrite", "--bf16")
     assert result.exit_code == 0, result.output
-    assert (out / "keep.txt").read_text() == "mine"
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
 
 

@@ -77,27 +77,35 @@ def test_class_dirname_pads_and_sanitises():
     assert names == sorted(names)  # lexical order is class order
 
 
+def _fake_run(out):
+    """What a run leaves: its state first, then images and the manifest."""
+    (out / "state").mkdir(parents=True)
+    (out / "state" / "run.json").write_text('{"version": 1, "plan": "abc"}')
+    (out / "images" / "000").mkdir(parents=True)
+    (out / "images" / "000" / "x.png").write_bytes(b"x")
+    (out / "manifest.jsonl").write_text("")
+
+
 def test_prepare_output_dir_refuses_non_empty(tmp_path):
     out = prepare_output_dir(tmp_path / "run")
     assert out.is_dir()
     prepare_output_dir(out)  # empty: fine
-    (out / "run.json").write_text("{}")
+    _fake_run(out)
     with pytest.raises(InvkitError, match="--resume.*--overwrite"):
         prepare_output_dir(out)
     assert prepare_output_dir(out, resume=True) == out
-    assert (out / "run.json").exists()
+    assert (out / "manifest.jsonl").exists()
     with pytest.raises(InvkitError, match="cannot be used together"):
         prepare_output_dir(out, overwrite=True, resume=True)
 
 
-def test_prepare_output_dir_overwrite_removes_only_run_files(tmp_path):
+def test_prepare_output_dir_overwrite_removes_the_run(tmp_path):
     out = tmp_path / "run"
-    (out / "images" / "000").mkdir(parents=True)
-    (out / "images" / "000" / "x.png").write_bytes(b"x")
-    (out / "manifest.jsonl").write_text("")
-    (out / "notes.txt").write_text("mine")
+    _fake_run(out)
+    (out / "eval.json").write_text("{}")
+    (out / ".grid.png.k3j.tmp").write_bytes(b"")  # left by a killed atomic write
     prepare_output_dir(out, overwrite=True)
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert os.listdir(out) == []
 
 
 def test_prepare_output_dir_refuses_a_file(tmp_path):

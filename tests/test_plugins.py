@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from invkit import hookimpl, hookspecs
-from invkit.errors import PluginConflict
+from invkit.errors import InvkitError, PluginConflict
 from invkit.methods import option
 from invkit.objective import Prior
 from invkit.plugins import PluginWarning, get_plugin_manager, load_entrypoints
@@ -184,7 +184,8 @@ def test_plugin_returning_the_wrong_type_is_reported(register_plugin):
 def test_strict_mode_makes_broken_plugins_fatal(register_plugin, monkeypatch):
     monkeypatch.setenv("INVKIT_STRICT_PLUGINS", "1")
     register_plugin(Raises(), "raising-plugin")
-    with pytest.raises(RuntimeError, match="raising-plugin"):
+    # An InvkitError (BrokenPlugin): the CLI shows it as one Error line naming the plugin.
+    with pytest.raises(InvkitError, match="raising-plugin"):
         registry("prior")
 
 
@@ -230,7 +231,9 @@ def test_entry_point_autoloading_can_be_disabled(tmp_path):
     env = {"INVKIT_NO_ENTRYPOINTS": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, cwd=tmp_path).stdout
-    assert "deepinversion" not in out and "invkit.priors" in out
+    # The bundled DeepInversion is a built-in: it stays (third-party entry points go;
+    # see tests/test_reliability.py for one that is skipped).
+    assert "deepinversion" in out and "invkit.priors" in out
     env["INVKIT_NO_ENTRYPOINTS"] = "0"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, cwd=tmp_path).stdout

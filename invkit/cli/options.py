@@ -12,46 +12,70 @@ Example (a method plugin's command)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
+from invkit.errors import InvkitError
 from invkit.objective import PriorRequest, merge_requests, parse_prior, set_weight
+from invkit.validate import finite_float
 
 
 class FiniteFloat(click.ParamType):
-    """A float that must be finite (no nan/inf), optionally within [min, max]."""
+    """A float option that must be finite, optionally bounded: the CLI's only float type.
+
+    NaN and infinities are refused with an :class:`~invkit.errors.InvkitError` naming the
+    option (one ``Error:`` line; the rule is :func:`invkit.validate.finite_float`).
+    ``minimum``/``maximum`` are inclusive; ``positive`` requires ``> 0``.
+
+    Example::
+
+        @click.option("--temperature", type=FiniteFloat(positive=True), default=4.0)
+        @click.option("--r-feature", type=FiniteFloat(minimum=0), default=None)
+    """
 
     name = "float"
 
-    def __init__(self, min: float | None = None, max: float | None = None):
-        self.min, self.max = min, max
+    def __init__(self, minimum: float | None = None, maximum: float | None = None,
+                 positive: bool = False):
+        self.minimum, self.maximum, self.positive = minimum, maximum, positive
 
     def convert(self, value, param, ctx):
-        import math
+        # An InvkitError, not click's usage error: the CLI shows one "Error:" line,
+        # like every other refused input (e.g. "--temperature=inf is not a finite number").
+        label = max(param.opts, key=len) if param is not None and param.opts else "value"
+        with contextlib.suppress(TypeError, ValueError):
+            value = float(value)  # shown as Python writes it: 0 -> 0.0, 1e999 -> inf
+        return finite_float(value, label, minimum=self.minimum, maximum=self.maximum,
+                            positive=self.positive)
 
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        if self.min is not None and number < self.min:
-            self.fail(f"{value!r} is below the minimum {self.min:g}", param, ctx)
-        if self.max is not None and number > self.max:
-            self.fail(f"{value!r} is above the maximum {self.max:g}", param, ctx)
-        return number
+    def get_metavar(self, param, ctx=None):
+        return "FLOAT"
+
+    def __repr__(self):
+        return "FiniteFloat"
 
 
-def finite_float(min: float | None = None, max: float | None = None) -> FiniteFloat:
-    """The click type of every float option: finite, optionally bounded.
+class OutputDir(click.Path):
+    """An output directory option: a path, never empty (``--output ''`` would otherwise
+    mean the current directory, since ``Path('')`` is ``.``).
 
-    Example:
-        >>> finite_float(min=0).convert("0.5", None, None)
-        0.5
+    Example::
+
+        @click.option("--output", "-o", type=OutputDir(), default=None)
     """
-    return FiniteFloat(min=min, max=max)
+
+    def __init__(self):
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            label = max(param.opts, key=len) if param is not None and param.opts else "--output"
+            raise InvkitError(f"the output path is empty: pass {label} DIR")
+        return super().convert(value, param, ctx)
 
 
 def teacher_options(command):

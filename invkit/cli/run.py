@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from invkit.cli.options import finite_float, prior_options, teacher_options
+from invkit.cli.options import FiniteFloat, OutputDir, prior_options, teacher_options
 from invkit.errors import InvkitError
 from invkit.methods import method_options
 from invkit.specs import MethodSpec
@@ -60,7 +60,7 @@ def shared_options(command):
         click.option("--bf16", is_flag=True, help="bfloat16 autocast (also on CPU)."),
         click.option("--exp-name", "--exp_name", "exp_name", default=None,
                      help="Experiment name (default output: generations/<exp-name>)."),
-        click.option("--output", "-o", default=None, help="Output directory."),
+        click.option("--output", "-o", type=OutputDir(), default=None, help="Output directory."),
         click.option("--format", "fmt", type=click.Choice(FORMATS), default="png",
                      show_default=True, help="Image files or uint8 safetensors shards."),
         click.option("--shard-size", type=click.IntRange(min=1), default=1024,
@@ -97,7 +97,7 @@ def method_command(spec: MethodSpec) -> click.Command:
         command = _click_option(opt)(command)
     for flag in flags:
         command = click.option(*(flag.flags or (f"--{flag.name.replace('_', '-')}",)),
-                               flag.name, type=finite_float(), default=None,
+                               flag.name, type=FiniteFloat(), default=None,
                                help=flag.help or _flag_help(flag))(command)
     if spec.presets:
         command = click.option(
@@ -148,7 +148,7 @@ def _click_type(opt):
     if opt.type is int:
         return click.IntRange(min=opt.min, max=opt.max)
     if opt.type is float:
-        return finite_float(min=opt.min, max=opt.max)
+        return FiniteFloat(minimum=opt.min, maximum=opt.max)
     return click.STRING
 
 
@@ -190,7 +190,8 @@ def run_from_cli(spec: MethodSpec, values: dict, option_names: list[str],
         images_per_class=values["images_per_class"], seed=values["seed"],
         device=values["device"],
         precision="fp16" if values["fp16"] else "bf16" if values["bf16"] else "fp32",
-        output=values["output"], exp_name=values["exp_name"], format=values["fmt"],
+        output=None if values["output"] is None else str(values["output"]),
+        exp_name=values["exp_name"], format=values["fmt"],
         shard_size=values["shard_size"], resume=values["resume"],
         overwrite=values["overwrite"], verifier=values["use_verifier"],
         verifier_arch=values["verifier_arch"], verifier_weights=values["verifier_weights"],

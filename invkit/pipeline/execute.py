@@ -26,7 +26,7 @@ def execute(run: ResolvedRun, display=None) -> dict:
     from invkit.progress import ProgressDisplay
 
     request, identity = run.request, run.identity
-    device = local_device(request.device)
+    device = local_device(run.info.device)
     init_distributed(device)
     teacher = load_network(identity.teacher, run, arch=identity.arch, weights=identity.weights,
                            trust=request.trust_checkpoint, device=device, salt=0)
@@ -44,7 +44,7 @@ def execute(run: ResolvedRun, display=None) -> dict:
     with display:
         return generate_dataset(
             run.batches, _batch_generator(generator, teacher, run, display), run.output,
-            config=identity.to_json(), info={**run.info.to_json(), "device": device},
+            config=identity.to_json(), info=run.info.to_json(),
             num_classes=teacher.meta.num_classes, class_names=teacher.meta.class_names,
             fmt=identity.format, shard_size=identity.shard_size, resume=request.resume,
             overwrite=request.overwrite, progress=display,

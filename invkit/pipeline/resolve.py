@@ -97,8 +97,11 @@ def resolve_run(request: RunRequest, options: Any = None, *,
     bs = request.bs or (preset.bs if preset else DEFAULT_BATCH_SIZE)
     merged = merge_options(spec.options() if spec.options else None,
                            preset.options if preset else None, options)
+    from invkit.distributed import local_device
+
+    device = local_device(request.device)  # a bad or missing device fails here
     context = Context(meta=meta, precision=request.precision,
-                      checkpoint_every=request.save_every, batch_size=bs)
+                      checkpoint_every=request.save_every, batch_size=bs, device=device)
     config = spec.configure(merged, context) if spec.configure else merged
 
     verifier = request.verifier_arch
@@ -133,7 +136,7 @@ def resolve_run(request: RunRequest, options: Any = None, *,
         num_batches=request.num_batches, images_per_class=request.images_per_class,
         seed=request.seed, format=request.format, shard_size=request.shard_size,
     )
-    info = RunInfo(output=str(output), exp_name=exp_name, device=request.device or "auto",
+    info = RunInfo(output=str(output), exp_name=exp_name, device=device,
                    save_every=request.save_every, preset_reason=reason)
     return ResolvedRun(spec=spec, request=request, identity=identity, info=info,
                        objective=objective, config=config, meta=meta, batches=batches)

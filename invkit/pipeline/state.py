@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from invkit.errors import InvkitError
-from invkit.output import RUN_ENTRIES, prepare_output_dir, to_jsonable, write_json
-from invkit.pipeline.layout import STATE_DIR, Layout
+from invkit.output import prepare_output_dir, to_jsonable, write_json
+from invkit.pipeline.layout import Layout
 from invkit.pipeline.plan import plan_fingerprint
 
 STATE_VERSION = 1
@@ -50,12 +50,7 @@ def start(layout: Layout, settings: dict, *, resume: bool, overwrite: bool) -> s
                 + "; ".join(differences)
                 + " (rerun with the original settings, or use --overwrite to start again)"
             )
-    elif resume and any((out / name).exists() for name in RUN_ENTRIES):
-        raise InvkitError(
-            f"cannot resume in {str(out)!r}: it holds no invkit run state ({STATE_DIR}/run.json); "
-            "use --overwrite to start again"
-        )
-    else:
+    else:  # (prepare_output_dir refused a non-empty directory that holds no run)
         write_json(state_file, settings)
     (layout.state / "batches").mkdir(parents=True, exist_ok=True)
     return {b.index for b in layout.batches if _complete(layout, b.index)}

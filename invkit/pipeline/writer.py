@@ -28,6 +28,7 @@ from pathlib import Path
 
 from invkit.distributed import barrier, broadcast_object, init_distributed
 from invkit.errors import InvkitError
+from invkit.lock import OutputLock
 from invkit.pipeline.layout import FORMATS, GeneratedBatch, Layout, finish, pack_shard, write_batch
 from invkit.pipeline.plan import Batch
 from invkit.pipeline.signals import Abandon, StopSignal, interrupted
@@ -70,25 +71,32 @@ def generate_dataset(batches: Sequence[Batch], generate: Callable[[Batch], Gener
 
     env = init_distributed()  # gloo unless the caller already made a (e.g. nccl) group
     layout = Layout(Path(out_dir), batches, fmt, shard_size, num_classes, class_names)
+    # Rank 0 holds the directory for the whole run: a second run on it is refused.
+    lock = OutputLock(layout.out) if env.is_main else None
     stop = StopSignal()
     with stop.installed():
         try:
             return _generate(layout, generate, settings_for(config, layout), env, stop,
                              config=config, info=info, resume=resume, overwrite=overwrite,
-                             progress=progress)
+                             progress=progress, lock=lock)
         except (Abandon, KeyboardInterrupt) as stopped:
             signum = stopped.signum if isinstance(stopped, Abandon) else signal.SIGINT
             done = sum(1 for b in layout.batches if layout.record(b.index).exists())
             raise interrupted(str(layout.out), done, len(layout.batches), signum) from None
+        finally:
+            if lock is not None and lock.held:
+                lock.release()
 
 
 def _generate(layout: Layout, generate, settings: dict, env, stop: StopSignal, *, config: dict,
-              info: dict | None, resume: bool, overwrite: bool, progress) -> dict:
+              info: dict | None, resume: bool, overwrite: bool, progress,
+              lock: OutputLock | None) -> dict:
     total = len(layout.batches)
     # Start: rank 0 alone touches the directory, then tells every rank what remains.
     verdict = None
     if env.is_main:
         try:
+            lock.acquire()
             done = start(layout, settings, resume=resume, overwrite=overwrite)
             verdict = {"done": sorted(done), "session": uuid.uuid4().hex[:12]}
         except InvkitError as error:

@@ -191,7 +191,7 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
             meta = checkpoint.meta_from_metadata(file_metadata, path, weights=str(path),
                                                  fallback=teacher.meta)
     else:
-        teacher = _call_factory(record, weights)
+        teacher = _call_factory(record, weights, trust)
         meta = teacher.meta
     meta = dataclasses.replace(meta, arch=record.name)  # so save_teacher round-trips
     return Teacher(module=teacher.module, meta=meta, name=name)
@@ -216,12 +216,19 @@ def _renamer(name: str):
     return None
 
 
-def _call_factory(record: TeacherSpec, weights: str | None) -> Teacher:
-    """Call a (possibly third-party) factory; its bugs become one-line errors."""
+def _call_factory(record: TeacherSpec, weights: str | None, trust: bool = False) -> Teacher:
+    """Call a (possibly third-party) factory; its bugs become one-line errors.
+
+    ``trust`` (``--trust-checkpoint``) reaches factories that read weights files
+    themselves and declare a ``trust`` parameter (torchvision's); others never get it.
+    """
     from torch import nn
 
+    kwargs = {} if weights is None else {"weights": weights}
+    if trust and _takes_trust(record.factory):
+        kwargs["trust"] = True
     try:
-        built = record.factory() if weights is None else record.factory(weights=weights)
+        built = record.factory(**kwargs)
     except InvkitError:
         raise
     except Exception as error:  # noqa: BLE001 - a plugin's bug must not print a traceback
@@ -236,6 +243,15 @@ def _call_factory(record: TeacherSpec, weights: str | None) -> Teacher:
         raise InvkitError(f"teacher {record.name!r} (from plugin {record.provider!r}) returned "
                           f"a {type(built).__name__}, not an invkit Teacher")
     return built
+
+
+def _takes_trust(factory) -> bool:
+    import inspect
+
+    try:
+        return "trust" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return False
 
 
 def _load_checkpoint(spec: str, path: Path, arch: str | None, trust: bool) -> Teacher:

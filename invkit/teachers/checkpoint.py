@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -37,6 +38,10 @@ NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 #: Prefixes wrappers add to every key; stripped (repeatedly) when that helps.
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "backbone.", "teacher.",
                   "encoder.")
+#: The largest input size and class count a checkpoint's metadata may claim: beyond
+#: these it is damaged or hostile (they size every allocation a run makes).
+MAX_INPUT_SIZE = 8192
+MAX_NUM_CLASSES = 1_000_000
 #: How many names an error lists before it says "and N more".
 SHOW = 5
 
@@ -298,7 +303,7 @@ def meta_from_metadata(metadata: Mapping[str, str], source: str | os.PathLike, w
 
     try:
         names = json.loads(metadata.get("class_names") or "null")
-        return TeacherMeta(
+        meta = TeacherMeta(
             arch=metadata["arch"], input_size=int(metadata["input_size"]),
             num_classes=int(metadata["num_classes"]),
             mean=tuple(float(v) for v in json.loads(metadata["mean"])),
@@ -312,6 +317,27 @@ def meta_from_metadata(metadata: Mapping[str, str], source: str | os.PathLike, w
     except (KeyError, ValueError, TypeError) as error:
         raise InvkitError(f"{source} has incomplete invkit metadata ({_short(error)}); "
                           "pass --arch NAME to load it into a known network") from None
+    _check_meta(meta, source)
+    return meta
+
+
+def _check_meta(meta, source) -> None:
+    """Refuse metadata no real network has (it sizes every later allocation)."""
+    problems = []
+    if not 1 <= meta.input_size <= MAX_INPUT_SIZE:
+        problems.append(f"input_size {meta.input_size} (allowed 1..{MAX_INPUT_SIZE})")
+    if not 1 <= meta.num_classes <= MAX_NUM_CLASSES:
+        problems.append(f"num_classes {meta.num_classes} (allowed 1..{MAX_NUM_CLASSES})")
+    if meta.class_names is not None and len(meta.class_names) != meta.num_classes:
+        problems.append(f"{len(meta.class_names)} class names for {meta.num_classes} classes")
+    values = (*meta.mean, *meta.std)
+    if not all(math.isfinite(v) for v in values) or not all(v > 0 for v in meta.std):
+        problems.append(f"mean {list(meta.mean)} / std {list(meta.std)} (finite, std > 0)")
+    if len(meta.mean) not in (1, 3) or len(meta.std) != len(meta.mean):
+        problems.append(f"{len(meta.mean)} mean and {len(meta.std)} std values (1 or 3 each)")
+    if problems:
+        raise InvkitError(f"{source} has implausible metadata: {'; '.join(problems)} "
+                          "(the file is damaged, or was not written by invkit)")
 
 
 def has_teacher_metadata(metadata: Mapping[str, str]) -> bool:

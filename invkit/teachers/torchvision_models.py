@@ -10,6 +10,10 @@ Offline: weights already in the torch hub cache are used; otherwise a download i
 tried with a short network timeout (none at all under ``INVKIT_OFFLINE=1``), and on
 failure the error names the exact file and cache folder to put it in.
 
+Safety: the cached file is read by invkit with ``torch.load(weights_only=True)`` (full
+unpickling only with ``trust=True``, i.e. ``--trust-checkpoint``), never by
+torchvision's own loader, which unpickles fully.
+
 Example:
     >>> build("resnet18", weights="none").meta.input_size
     224
@@ -17,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+import threading
 from pathlib import Path
 
 from invkit.errors import InvkitError
@@ -115,10 +121,12 @@ def _missing(name: str, weights, reason: str) -> InvkitError:
         f"--weights FILE (or --weights none for random init)")
 
 
-def build(name: str, weights: str | None = None):
+def build(name: str, weights: str | None = None, trust: bool = False):
     """A torchvision classifier as a :class:`~invkit.specs.Teacher`.
 
-    ``weights``: ``None``/``"DEFAULT"``, a weights name, or ``"none"``.
+    ``weights``: ``None``/``"DEFAULT"``, a weights name, or ``"none"``. The weights file
+    (in the torch hub cache) is read with ``weights_only=True`` unless ``trust``
+    (``--trust-checkpoint``).
     """
     import torchvision
 
@@ -135,7 +143,7 @@ def build(name: str, weights: str | None = None):
     else:
         member = resolve_weights(name, weights)
         info = _describe_weights(member)
-        module = _with_weights(name, member)
+        module = _with_weights(name, member, trust)
         label = f"{type(member).__name__}.{member.name}"
     meta = TeacherMeta(arch=name, input_size=info["input_size"], num_classes=info["num_classes"],
                        mean=info["mean"], std=info["std"], class_names=info["class_names"],
@@ -143,31 +151,80 @@ def build(name: str, weights: str | None = None):
     return Teacher(module=module.eval(), meta=meta, name=name)
 
 
-def _with_weights(name: str, member):
+def _with_weights(name: str, member, trust: bool = False):
+    """``name`` built by torchvision with ``member``'s weights, read safely by invkit.
+
+    torchvision would read the cached file itself with full unpickling (its loader
+    passes ``weights_only=False``), so a pickle planted in the hub cache would run. Here
+    the file is read by :func:`invkit.teachers.checkpoint.read_state_dict`
+    (``weights_only=True`` unless ``trust``), and torchvision's builder, which still
+    applies each model's own loading rules, is handed that state dict.
+    """
     import torchvision
+
+    from invkit.teachers import checkpoint
 
     path = cached_file(member)
     if not path.is_file():
         if offline():
             raise _missing(name, member, "INVKIT_OFFLINE is set")
+        _download(name, member, path)
+    try:
+        state = checkpoint.read_state_dict(path, trust=trust)
+    except InvkitError as error:
+        raise InvkitError(f"cannot read cached weights of {name}: {error} (if the file is "
+                          "damaged, delete it to download it again)") from None
+    with _state_dict_given(member, state):
+        try:
+            return torchvision.models.get_model(name, weights=member)
+        except (RuntimeError, KeyError, ValueError) as error:  # keys or shapes do not fit
+            raise InvkitError(f"cached weights {path} do not fit {name} "
+                              f"({' '.join(str(error).split())[:160]}); delete the file to "
+                              "download it again") from None
+
+
+def _download(name: str, member, path: Path) -> None:
+    """Download ``member``'s file into the hub cache (checked against the hash in its name)."""
+    import torch
+
+    match = torch.hub.HASH_REGEX.search(path.name)
     previous = socket.getdefaulttimeout()
     # A bounded wait: without a timeout an unreachable network can hang forever.
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:
-        return torchvision.models.get_model(name, weights=member)
-    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections
-        if not path.is_file() or "urlopen" in str(error) or isinstance(error, socket.timeout):
-            raise _missing(name, member, f"could not be downloaded ({type(error).__name__})") \
-                from None
-        raise InvkitError(f"cannot read cached weights {path}: {error} (delete the file to "
-                          "download it again)") from None
-    except RuntimeError as error:
-        # A truncated or corrupted file in the cache (e.g. an interrupted download).
-        raise InvkitError(f"cannot read cached weights {path}: corrupted or truncated "
-                          f"({' '.join(str(error).split())[:120]}); delete it and try "
-                          "again") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Writes a temporary file and moves it into place: never a partial cache file.
+        torch.hub.download_url_to_file(member.url, str(path), match.group(1) if match else None,
+                                       progress=True)
+    except (OSError, RuntimeError) as error:  # URLError, timeouts, refused, bad hash
+        raise _missing(name, member, f"could not be downloaded ({type(error).__name__})") \
+            from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+_GIVEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _state_dict_given(member, state):
+    """While active, ``member.get_state_dict(...)`` returns ``state`` instead of reading.
+
+    torchvision builders load weights only through ``weights.get_state_dict`` (the
+    one place that reads files), so this keeps every per-model rule (key renames,
+    auxiliary heads) while invkit decides how the file is read.
+    """
+    cls = type(member)
+    own = cls.__dict__.get("get_state_dict")
+    with _GIVEN_LOCK:
+        setattr(cls, "get_state_dict", lambda self, *args, **kwargs: dict(state))
+        try:
+            yield
+        finally:
+            if own is None:
+                delattr(cls, "get_state_dict")
+            else:
+                setattr(cls, "get_state_dict", own)
 
 
 def spec(name: str):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from invkit import Context, InvkitError, option
+from invkit import Context, InvkitError, check_memory, estimate_inversion_bytes, option
 
 
 @dataclass(frozen=True)
@@ -71,4 +71,7 @@ def configure(options: DIOptions, context: Context):
         if size % stage.downsample:
             raise InvkitError(f"resolution {size} is not divisible by the plan's downsample "
                               f"factor {stage.downsample}: choose a multiple of it")
+    # The teacher sees three channels even when one grey image is optimised.
+    check_memory(estimate_inversion_bytes(context.batch_size, 3, size),
+                 f"a batch of {context.batch_size} images at {size} px", context.device)
     return config
