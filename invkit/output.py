@@ -225,3 +225,31 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume:
     return path
 
 
+
+
+def next_free_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it is free (missing, or an empty directory), else the first free
+    ``<path>-2``, ``<path>-3``, ... beside it (what to suggest when ``path`` is taken).
+
+    Nothing is created; the number is only a suggestion, so two runs started at the
+    same moment may be offered the same directory (the refusal still protects them).
+
+    Example:
+        >>> next_free_dir("generations/digits")      # generations/digits holds a run
+        PosixPath('generations/digits-2')
+    """
+    path = Path(path)
+    if not path.name:  # ".", "/" or "dir/..": number the directory itself
+        path = path.resolve()
+    if _is_free(path):
+        return path
+    n = 2
+    while not _is_free(path.with_name(f"{path.name}-{n}")):
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
+
+
+def _is_free(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return not any(path.iterdir())
+    return not path.exists() and not path.is_symlink()
