@@ -163,3 +163,12 @@ def test_tensorboard_gets_the_same_rows(tmp_path):
     assert [s.value for s in events.Scalars("weighted/bn-stats")] == [1.0, 1.0]
     assert [s.value for s in events.Scalars("verifier_accuracy")] == [0.5]
     assert isinstance(TensorBoardSink(tmp_path / "tb2"), TensorBoardSink)
+
+
+def test_import_invkit_stays_free_of_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, invkit; invkit.LossHistory; invkit.next_free_dir; "
+            "assert 'torch' not in sys.modules and 'rich' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
