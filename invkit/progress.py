@@ -169,8 +169,9 @@ class ProgressDisplay:
         if self.enabled and not self.plain:
             from rich.live import Live
 
+            # Other output printed meanwhile goes above the live lines (rich redirects it).
             self._live = Live(_Live(self), console=self.console, refresh_per_second=4,
-                              transient=False, redirect_stdout=False, redirect_stderr=False)
+                              transient=False)
             self._live.__enter__()
         return self
 
