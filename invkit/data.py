@@ -122,47 +122,12 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
 
 def load_imagefolder(root: Path, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8, N x 3 x H x W) and targets (int64) of one ImageFolder directory."""
-    arrays, targets = [], []
-    for folder in class_folders(root):
-        for file in sorted(folder.path.iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
-                arrays.append(_read_image(file, size))
-                targets.append(folder.index)
-    if not arrays:
-        return torch.zeros(0, 3, size or 0, size or 0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise InvkitError(f"images in {str(root)!r} have different sizes "
-                          f"({', '.join(sorted(f'{s[1]}x{s[0]}' for s in shapes))}); "
-                          "pass a size to resize them to")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(targets, dtype=torch.int64)
+    return GeneratedImages(root, size=size).tensors()
 
 
 def load_shards(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and targets of every ``*.safetensors`` shard in ``directory`` (sorted by name)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    images, targets = [], []
-    for shard in sorted(Path(directory).glob("*.safetensors")):
-        try:
-            tensors = load_file(str(shard))
-        except (SafetensorError, OSError) as error:
-            raise InvkitError(f"cannot read shard {str(shard)!r}: {error}") from None
-        if "images" not in tensors or "targets" not in tensors:
-            raise InvkitError(f"shard {str(shard)!r} lacks the 'images' and 'targets' tensors "
-                              f"(has: {', '.join(sorted(tensors)) or 'none'})")
-        shard_images, shard_targets = tensors["images"], tensors["targets"]
-        if shard_images.dtype != torch.uint8 or shard_images.ndim != 4 or shard_images.shape[1] != 3:
-            raise InvkitError(f"shard {str(shard)!r}: 'images' must be uint8 (N, 3, H, W), "
-                              f"got {shard_images.dtype} {tuple(shard_images.shape)}")
-        if shard_targets.shape != (shard_images.shape[0],):
-            raise InvkitError(f"shard {str(shard)!r}: 'targets' must have shape "
-                              f"({shard_images.shape[0]},), got {tuple(shard_targets.shape)}")
-        images.append(shard_images)
-        targets.append(shard_targets.to(torch.int64))
-    return torch.cat(images), torch.cat(targets)
+    return GeneratedImages(directory).tensors()
 
 
 def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -422,13 +387,8 @@ def load_image_dataset(dirs: Sequence[Path | str], size: int | None = None,
 
 
 def dataset_class_names(dirs: Sequence[Path | str]) -> dict[int, str]:
-    """Class names read from ImageFolder directory names (``"007_cat"`` -> ``{7: "cat"}``)."""
-    names: dict[int, str] = {}
-    for directory in dirs:
-        layout, path = find_layout(Path(directory))
-        if layout == "imagefolder":
-            names.update({c.index: c.name for c in class_folders(path) if c.name})
-    return names
+    """Class names of ``dirs`` (``"007_cat"`` -> ``{7: "cat"}``; see :class:`GeneratedImages`)."""
+    return GeneratedImages(dirs).class_names
 
 
 def load_test_data(spec: str | Path, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

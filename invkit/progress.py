@@ -142,7 +142,7 @@ class ProgressDisplay:
         ...     display.advance(10)
         ...     display.report({"total": 4.72, "bn-stats": 300.0}, accuracy=0.938,
         ...                    weights={"bn-stats": 0.01})
-        stage 1/1 10/10 ... it/s ETA 0:00:00 loss 4.72 verifier 93.8% | weighted bn-stats 3
+        stage 1/1 10/10 ... it/s ETA 0:00:00 loss 4.72 verifier 93.8% | weighted: bn-stats 3
     """
 
     def __init__(self, quiet: bool = False, console: Console | None = None,
