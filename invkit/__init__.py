@@ -18,7 +18,10 @@ from importlib import metadata as _metadata
 from typing import Any
 
 from invkit.errors import InvkitError, PluginConflict
+from invkit.history import LossHistory, TensorBoardSink, require_tensorboard, term_weights
+from invkit.history import plot as plot_losses
 from invkit.hookspecs import hookimpl, hookspec
+from invkit.lock import OutputLock
 from invkit.methods import (
     PRECISIONS, Checkpoint, Context, Generation, MethodOption, autocast, choose_preset, finish,
     frozen, merge_options, method_options, module_device, option, teacher_predictions,
@@ -27,7 +30,7 @@ from invkit.methods import (
 from invkit.objective import (
     Objective, Prior, PriorRequest, Setup, Step, build_objective, parse_prior,
 )
-from invkit.lock import OutputLock
+from invkit.output import next_free_dir
 from invkit.plugins import get_plugin_manager
 from invkit.registry import Registry, registry
 from invkit.resources import check_memory, estimate_inversion_bytes
@@ -54,6 +57,7 @@ _LAZY = {
     "resolve_run": "invkit.pipeline", "plan_batches": "invkit.pipeline",
     "generate_dataset": "invkit.pipeline", "RunInterrupted": "invkit.pipeline",
     "FiniteFloat": "invkit.cli.options", "OutputDir": "invkit.cli.options",
+    "GeneratedImages": "invkit.data", "ProgressDisplay": "invkit.progress",
 }
 
 
@@ -89,4 +93,7 @@ __all__ = [
     # safety
     "FiniteFloat", "OutputDir", "OutputLock", "check_memory", "estimate_inversion_bytes",
     "finite_float",
+    # everyday use
+    "LossHistory", "TensorBoardSink", "require_tensorboard", "term_weights", "plot_losses",
+    "next_free_dir", "GeneratedImages", "ProgressDisplay",
 ]

@@ -41,10 +41,16 @@ def _load(spec: str | None, arch: str | None = None, weights: str | None = None,
               help="Images per forward pass.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the verifier runs (cpu, cuda, cuda:1, ...).")
+@click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes decoding images in parallel (0: decode in this one).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary line.")
 def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_size, device,
-                 quiet):
-    """Accuracy of a verifier on the generated images in DIRECTORY (writes DIRECTORY/eval.json).
+                 num_workers, quiet):
+    """Accuracy of a verifier on the generated images in DIRECTORY.
+
+    The result is kept in DIRECTORY/eval.json under the verifier's spec, beside those
+    of other verifiers (the same verifier again replaces its own). Images stream from
+    disk, batch by batch.
 
     \b
     Example:
@@ -59,15 +65,17 @@ def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_
     _writable(directory, "eval.json")
     network = _load(verifier, weights=verifier_weights, trust_checkpoint=trust_checkpoint,
                     device=device)
+    key = verifier if verifier_weights is None else f"{verifier} weights={verifier_weights}"
     with _write_errors(directory):
-        report = evaluate_dir(directory, network, batch_size=batch_size)
+        report = evaluate_dir(directory, network, batch_size=batch_size, key=key,
+                              num_workers=num_workers)
     if not quiet:
         from rich.console import Console
 
         Console().print(per_class_table(report, title=f"{network.name} on {directory}"))
     top5 = f", top-5 {100 * report['top5']:.2f}%" if "top5" in report else ""
     click.echo(f"{network.name}: top-1 {100 * report['top1']:.2f}%{top5} on {report['images']} "
-               f"images (written to {directory / 'eval.json'})")
+               f"images (recorded under {key!r} in {directory / 'eval.json'})")
 
 
 @click.command("distill")
@@ -107,10 +115,13 @@ def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_
               help="Seed of initialisation, shuffling and augmentation.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where training runs (cpu, cuda, cuda:1, ...).")
+@click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes decoding images in parallel (0: decode in this one); the "
+                   "images stream from disk either way.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar: one plain line per epoch.")
 def distill_command(teacher, arch, weights, trust_checkpoint, student, student_weights, data,
                     test_data, output, overwrite, epochs, batch_size, lr, optimizer,
-                    weight_decay, temperature, padding, flip, seed, device, quiet):
+                    weight_decay, temperature, padding, flip, seed, device, num_workers, quiet):
     """Train a student on generated images to match the teacher (knowledge distillation).
 
     \b
@@ -118,7 +129,7 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
       invkit distill --teacher digits --student digits-verifier \\
           --data generations/digits --test-data digits --no-flip
     """
-    from invkit.data import load_image_dataset, load_test_data
+    from invkit.data import GeneratedImages, load_test_data
     from invkit.distill import DistillConfig, distill, save_distilled
     from invkit.distributed import local_device
     from invkit.errors import InvkitError
@@ -134,28 +145,32 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
         lr = 1e-3 if optimizer == "adam" else 0.05
     config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                            weight_decay=weight_decay, temperature=temperature, padding=padding,
-                           flip=flip, seed=seed, device=device)
-    images, targets = load_image_dataset(data)
+                           flip=flip, seed=seed, device=device, num_workers=num_workers)
+    dataset = GeneratedImages(data)  # lists files and targets only: images stream per batch
     teacher_net = _load(teacher, arch=arch, weights=weights, trust_checkpoint=trust_checkpoint,
                         device=device)
     _seed_torch(seed)  # the student's random initialisation
     student_net = _load(student, weights=student_weights, device=device)
     if output is None:
         output = Path("students") / f"{_slug(student_net.name)}-from-{_slug(teacher_net.name)}"
-    test = load_test_data(test_data, size=student_net.meta.input_size) if test_data else None
+    test = None
+    if test_data == "digits":
+        test = load_test_data(test_data)
+    elif test_data:  # checked (and listed) before any output is created
+        test = GeneratedImages(test_data, size=student_net.meta.input_size)
     # One distillation per output directory at a time (a second is refused, naming this one).
     with OutputLock(output):
         with _write_errors(output):
             _prepare(output, overwrite)
-        click.echo(f"distilling {teacher_net.name} -> {student_net.name} on {images.shape[0]} "
+        click.echo(f"distilling {teacher_net.name} -> {student_net.name} on {len(dataset)} "
                    f"images from {len(data)} dir(s), {epochs} epochs", err=True)
-        with ProgressDisplay(quiet=quiet) as progress:
-            result = distill(teacher_net, student_net, images, targets, config=config,
-                             test=test, progress=progress)
+        with ProgressDisplay(quiet=quiet, accuracy_label="test") as progress:
+            result = distill(teacher_net, student_net, dataset, config=config, test=test,
+                             progress=progress)
         with _write_errors(output):
             path = save_distilled(result, output, teacher_net,
-                                  extra={"data": [str(d) for d in data],
-                                         "images": int(images.shape[0]), "test_data": test_data})
+                                  extra={"data": [str(d) for d in data], "images": len(dataset),
+                                         "test_data": test_data})
     line = f"student saved to {path} (use it as --teacher checkpoint:{path})"
     if result.final_test_acc is not None:
         line += (f"; test accuracy {100 * result.final_test_acc:.2f}% "

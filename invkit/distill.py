@@ -16,6 +16,13 @@ Example:
     ...                  config=DistillConfig(epochs=30, flip=False))
     >>> result.history[-1]["test_acc"]
     0.93
+
+Data too large for memory streams from disk instead: pass a dataset
+(``GeneratedImages``) in place of the tensors; the result is the same.
+
+    >>> from invkit.data import GeneratedImages
+    >>> result = distill(teacher, student, GeneratedImages("generations/digits"),
+    ...                  config=DistillConfig(epochs=30, flip=False, num_workers=4))
 """
 
 from __future__ import annotations
@@ -23,16 +30,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 
 from invkit.data import to_float01
 from invkit.errors import InvkitError
-from invkit.evaluate import predict_logits
+from invkit.evaluate import predict_dataset, predict_logits
 from invkit.output import write_json
 from invkit.progress import ProgressDisplay
 from invkit.schedules import warmup_cosine
@@ -40,6 +48,10 @@ from invkit.specs import Teacher
 from invkit.validate import finite_float
 
 OPTIMIZERS = ("sgd", "adam")
+
+#: Training or test data: a dataset of ``(image, target)`` items (e.g.
+#: :class:`invkit.data.GeneratedImages`), or for test data an ``(images, targets)`` pair.
+TestData = Union[tuple[torch.Tensor, torch.Tensor], torch.utils.data.Dataset]
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class DistillConfig:
     seed: int = 0
     device: str = "cpu"
     eval_batch_size: int = 512
+    num_workers: int = 0  # DataLoader worker processes when reading a dataset (0: this one)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -90,6 +103,8 @@ class DistillConfig:
             raise InvkitError(f"warmup_epochs={self.warmup_epochs} must be 0 or more")
         if self.padding is not None and self.padding < 0:
             raise InvkitError(f"padding={self.padding} must be 0 or more")
+        if self.num_workers < 0:
+            raise InvkitError(f"num_workers={self.num_workers} must be 0 or more")
 
 
 @dataclass
@@ -165,11 +180,14 @@ def augment(images01: torch.Tensor, padding: int, flip: bool,
     return out.contiguous()
 
 
-def accuracy_on(network: Teacher, test: tuple[torch.Tensor, torch.Tensor],
-                  batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``network`` on ``test`` = (images, targets)."""
-    images, targets = test
-    logits = predict_logits(network, images, batch_size)
+def accuracy_on(network: Teacher, test: TestData, batch_size: int = 512,
+                num_workers: int = 0) -> float:
+    """Top-1 accuracy of ``network`` on ``test``: (images, targets), or a dataset."""
+    if isinstance(test, torch.utils.data.Dataset):
+        logits, targets = predict_dataset(network, test, batch_size, num_workers)
+    else:
+        images, targets = test
+        logits = predict_logits(network, images, batch_size)
     return (logits.argmax(1) == targets.cpu()).float().mean().item()
 
 
@@ -190,17 +208,22 @@ def _check_pair(teacher: Teacher, student: Teacher) -> None:
 EpochCallback = Callable[[dict], None]
 
 
-def distill(teacher: Teacher, student: Teacher, images: torch.Tensor,
+def distill(teacher: Teacher, student: Teacher,
+            images: torch.Tensor | torch.utils.data.Dataset,
             targets: torch.Tensor | None = None, *, config: DistillConfig = DistillConfig(),
-            test: tuple[torch.Tensor, torch.Tensor] | None = None,
+            test: TestData | None = None,
             progress: ProgressDisplay | None = None,
             on_epoch: EpochCallback | None = None) -> DistillResult:
     """Train ``student`` (in place) to match ``teacher`` on ``images`` (uint8 or float in [0, 1]).
 
-    ``targets`` (the classes the images were generated for) are used only to report
-    training accuracy; the loss reads the teacher's outputs alone. ``test`` =
-    (images, targets) of real data, evaluated after every epoch. ``on_epoch`` gets each
-    epoch's record (``epoch``, ``lr``, ``loss``, ``train_agree``, ``train_acc``, ``test_acc``).
+    ``images`` is a tensor (N, 3, H, W), or a dataset of ``(image, target)`` items
+    (e.g. :class:`invkit.data.GeneratedImages`) read batch by batch through a
+    ``DataLoader`` with ``config.num_workers`` workers; both give the same result for
+    the same images. ``targets`` (the classes the images were generated for; a
+    dataset brings its own) are used only to report training accuracy; the loss reads
+    the teacher's outputs alone. ``test`` = (images, targets) of real data, or a
+    dataset, evaluated after every epoch. ``on_epoch`` gets each epoch's record
+    (``epoch``, ``lr``, ``loss``, ``train_agree``, ``train_acc``, ``test_acc``).
 
     Example:
         >>> result = distill(teacher, student, images, targets, config=DistillConfig(epochs=2))
@@ -208,7 +231,10 @@ def distill(teacher: Teacher, student: Teacher, images: torch.Tensor,
         [1.203, 0.871]
     """
     _check_pair(teacher, student)
-    if images.ndim != 4 or images.shape[0] == 0:
+    streamed = isinstance(images, torch.utils.data.Dataset)
+    if streamed and len(images) == 0:
+        raise InvkitError("no training images (the dataset is empty)")
+    if not streamed and (images.ndim != 4 or images.shape[0] == 0):
         raise InvkitError(f"no training images (got a tensor of shape {tuple(images.shape)})")
     device = torch.device(config.device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -219,13 +245,15 @@ def distill(teacher: Teacher, student: Teacher, images: torch.Tensor,
     params = [p for p in student.module.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params)
     padding = config.padding if config.padding is not None else student.meta.input_size // 8
-    n = images.shape[0]
+    n = len(images) if streamed else images.shape[0]
+    source = _DatasetBatches(images, config) if streamed else _TensorBatches(images, targets)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     schedule = warmup_cosine(warmup=min(config.warmup_epochs * steps_per_epoch, total - 1))
     result = DistillResult(student=student, config=config)
     if test is not None:
-        result.teacher_test_acc = accuracy_on(teacher, test, config.eval_batch_size)
+        result.teacher_test_acc = accuracy_on(teacher, test, config.eval_batch_size,
+                                              config.num_workers)
 
     start = time.perf_counter()
     if progress is not None:
@@ -236,10 +264,11 @@ def distill(teacher: Teacher, student: Teacher, images: torch.Tensor,
         first_step = (epoch - 1) * steps_per_epoch
         lrs = [config.lr * schedule(first_step + i, total) for i in range(len(steps))]
         record = {"epoch": epoch, "lr": lrs[-1]}
-        record.update(_train_epoch(teacher, student, optimizer, images, targets, steps, lrs,
+        record.update(_train_epoch(teacher, student, optimizer, source.epoch(steps), lrs,
                                    padding, config, generator, progress))
         if test is not None:
-            record["test_acc"] = accuracy_on(student, test, config.eval_batch_size)
+            record["test_acc"] = accuracy_on(student, test, config.eval_batch_size,
+                                             config.num_workers)
         record["seconds"] = round(time.perf_counter() - start, 2)
         result.history.append(record)
         if progress is not None:
@@ -251,11 +280,57 @@ def distill(teacher: Teacher, student: Teacher, images: torch.Tensor,
     return result
 
 
+class _TensorBatches:
+    """Batches of in-memory images: ``images[index]`` for each index batch."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor | None):
+        self.images, self.targets = images, targets
+
+    def epoch(self, steps: Sequence[torch.Tensor]) -> Iterator[tuple]:
+        for index in steps:
+            yield self.images[index], None if self.targets is None else self.targets[index]
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """A batch sampler whose index batches are set before each epoch.
+
+    One ``DataLoader`` (and, with workers, one set of persistent worker processes)
+    serves every epoch; the shuffled order still comes from the trainer's generator,
+    so a dataset gives exactly the batches a tensor would.
+    """
+
+    def __init__(self):
+        self.steps: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+class _DatasetBatches:
+    """Batches read from a dataset through a DataLoader (decoded in worker processes)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, config: DistillConfig):
+        self.sampler = _EpochSampler()
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=self.sampler, num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+            pin_memory=torch.device(config.device).type == "cuda")
+
+    def epoch(self, steps: Sequence[torch.Tensor]) -> Iterator[tuple]:
+        self.sampler.steps = [index.tolist() for index in steps]
+        for images, targets in self.loader:
+            yield images, torch.as_tensor(targets)
+
+
 def _train_epoch(teacher: Teacher, student: Teacher, optimizer: torch.optim.Optimizer,
-                 images: torch.Tensor, targets: torch.Tensor | None, steps: list[torch.Tensor],
-                 lrs: list[float], padding: int, config: DistillConfig,
-                 generator: torch.Generator, progress: ProgressDisplay | None) -> dict:
-    """One pass over ``steps`` (index batches); returns the epoch's mean loss and accuracies."""
+                 batches: Iterator[tuple], lrs: list[float], padding: int,
+                 config: DistillConfig, generator: torch.Generator,
+                 progress: ProgressDisplay | None) -> dict:
+    """One pass over ``batches`` ((images, targets or None) per step, one lr each);
+    returns the epoch's mean loss and accuracies."""
     device = torch.device(config.device)
     net = student.module
     net.train()
@@ -263,10 +338,12 @@ def _train_epoch(teacher: Teacher, student: Teacher, optimizer: torch.optim.Opti
     loss_sum = torch.zeros((), device=device)
     agree = torch.zeros((), dtype=torch.int64, device=device)
     hits = torch.zeros((), dtype=torch.int64, device=device)
-    for index, lr in zip(steps, lrs):
+    n = 0
+    has_targets = False
+    for (batch_images, batch_targets), lr in zip(batches, lrs):
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x01 = augment(to_float01(images[index]).to(device), padding, config.flip, generator)
+        x01 = augment(to_float01(batch_images).to(device), padding, config.flip, generator)
         with torch.no_grad():
             teacher_logits = teacher.module(teacher.prepare(x01))
         student_logits = net(student.prepare(x01))
@@ -278,16 +355,17 @@ def _train_epoch(teacher: Teacher, student: Teacher, optimizer: torch.optim.Opti
         optimizer.step()
         with torch.no_grad():
             pred = student_logits.argmax(1)
-            loss_sum += loss.detach() * index.numel()
+            loss_sum += loss.detach() * x01.shape[0]
             agree += (pred == teacher_logits.argmax(1)).sum()
-            if targets is not None:
-                hits += (pred == targets[index].to(device)).sum()
+            if batch_targets is not None:
+                has_targets = True
+                hits += (pred == batch_targets.to(device)).sum()
+        n += x01.shape[0]
         if progress is not None:
             progress.advance()
     net.eval()
-    n = sum(index.numel() for index in steps)
     record = {"loss": loss_sum.item() / n, "train_agree": agree.item() / n}
-    if targets is not None:
+    if has_targets:
         record["train_acc"] = hits.item() / n
     return record
 

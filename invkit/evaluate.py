@@ -1,20 +1,27 @@
 """How recognisable are generated images? Accuracy of an independent classifier on them.
 
+The images stream from disk (:class:`invkit.data.GeneratedImages`), batch by batch.
+``eval.json`` in the directory keeps one result per verifier, keyed by the verifier
+spec: evaluating with another verifier adds its result, the same verifier replaces it.
+
 Example:
     >>> from invkit.teachers import load_teacher
     >>> report = evaluate_dir("generations/digits", load_teacher("digits-verifier"))
     >>> report["top1"], report["per_class"][0]
     (0.94, {'class': 0, 'name': 'zero', 'count': 100, 'correct': 97, 'accuracy': 0.97})
+    >>> list(read_eval_results("generations/digits"))
+    ['digits-verifier']
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from invkit.data import dataset_class_names, load_image_dataset, to_float01
+from invkit.data import GeneratedImages, to_float01
 from invkit.errors import InvkitError
 from invkit.output import write_json
 from invkit.specs import Teacher
@@ -31,6 +38,27 @@ def predict_logits(network: Teacher, images: torch.Tensor, batch_size: int = 256
     if not chunks:
         return torch.zeros(0, network.meta.num_classes)
     return torch.cat(chunks)
+
+
+def predict_dataset(network: Teacher, dataset: torch.utils.data.Dataset, batch_size: int = 256,
+                    num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``network``'s logits (CPU float32) on a dataset of ``(image, target)``, and the targets.
+
+    Batches are read in order through a DataLoader, so the logits equal those of
+    :func:`invkit.evaluate.predict_logits` on the same images as one tensor.
+
+    Example:
+        >>> logits, targets = predict_dataset(verifier, GeneratedImages("generations/digits"))
+    """
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
+    logits, targets = [], []
+    for images, batch_targets in loader:
+        logits.append(predict_logits(network, images, batch_size))
+        targets.append(torch.as_tensor(batch_targets, dtype=torch.int64))
+    if not logits:
+        return torch.zeros(0, network.meta.num_classes), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(logits), torch.cat(targets)
 
 
 def accuracy_report(logits: torch.Tensor, targets: torch.Tensor,
@@ -79,25 +107,77 @@ def evaluate_images(verifier: Teacher, images: torch.Tensor, targets: torch.Tens
     return report
 
 
-def evaluate_dir(directory: Path | str, verifier: Teacher, *, batch_size: int = 256, k: int = 5,
-                 write: bool = True) -> dict:
-    """Evaluate ``verifier`` on the generated images in ``directory``; writes ``eval.json`` there.
+def evaluate_dataset(verifier: Teacher, dataset: torch.utils.data.Dataset, *,
+                     class_names: dict[int, str] | Sequence[str] | None = None,
+                     batch_size: int = 256, k: int = 5, num_workers: int = 0) -> dict:
+    """Accuracy of ``verifier`` on a dataset of ``(image, target)`` (e.g. GeneratedImages).
 
-    Class names come from the verifier's metadata, else from the directory names.
+    The same report as :func:`evaluate_images`, read batch by batch (``num_workers``
+    DataLoader workers decode the images).
+
+    Example:
+        >>> evaluate_dataset(verifier, GeneratedImages("generations/digits"))["top1"]
+        0.93
+    """
+    if class_names is None:
+        class_names = verifier.meta.class_names
+    logits, targets = predict_dataset(verifier, dataset, batch_size, num_workers)
+    report = accuracy_report(logits, targets, class_names, k=k)
+    report["verifier"] = verifier.name
+    return report
+
+
+EVAL_FILE = "eval.json"
+
+
+def evaluate_dir(directory: Path | str, verifier: Teacher, *, batch_size: int = 256, k: int = 5,
+                 write: bool = True, key: str | None = None, num_workers: int = 0) -> dict:
+    """Evaluate ``verifier`` on the generated images in ``directory``; record it in ``eval.json``.
+
+    ``eval.json`` maps each verifier (``key``: the spec it was given as; default the
+    verifier's name) to its report; other verifiers' results are kept. Class names come
+    from the verifier's metadata, else from the run (manifest, folder names).
 
     Example:
         >>> evaluate_dir("generations/digits", load_teacher("digits-verifier"))["top1"]
         0.94
     """
     directory = Path(directory)
-    images, targets = load_image_dataset([directory])
-    names = verifier.meta.class_names or dataset_class_names([directory])
+    dataset = GeneratedImages(directory)
+    names = verifier.meta.class_names or dataset.class_names
     report = {"directory": str(directory),
-              **evaluate_images(verifier, images, targets, class_names=names,
-                                batch_size=batch_size, k=k)}
+              **evaluate_dataset(verifier, dataset, class_names=names, batch_size=batch_size,
+                                 k=k, num_workers=num_workers)}
     if write:
-        write_json(directory / "eval.json", report)
+        record_eval_result(directory, key or verifier.name, report)
     return report
+
+
+def read_eval_results(directory: Path | str) -> dict[str, dict]:
+    """``{verifier spec: report}`` from ``directory/eval.json`` (empty when there is none).
+
+    A file from an older invkit (one report, not keyed) is read as that report keyed
+    by its verifier's name.
+    """
+    path = Path(directory) / EVAL_FILE
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise InvkitError(f"{str(path)!r} is not valid JSON; move it away to start afresh") from None
+    if not isinstance(results, dict):
+        raise InvkitError(f"{str(path)!r} does not hold invkit evaluation results")
+    if "top1" in results and "per_class" in results:  # the single-report format
+        return {str(results.get("verifier", "verifier")): results}
+    return results
+
+
+def record_eval_result(directory: Path | str, key: str, report: dict) -> Path:
+    """Add (or replace) ``key``'s report in ``directory/eval.json``, atomically."""
+    results = read_eval_results(directory)
+    results[key] = report
+    return write_json(Path(directory) / EVAL_FILE, results)
 
 
 def per_class_table(report: dict, title: str | None = None):
@@ -113,5 +193,6 @@ def per_class_table(report: dict, title: str | None = None):
     return table
 
 
-__all__ = ["predict_logits", "accuracy_report", "evaluate_images", "evaluate_dir",
+__all__ = ["predict_logits", "predict_dataset", "accuracy_report", "evaluate_images",
+           "evaluate_dataset", "evaluate_dir", "read_eval_results", "record_eval_result",
            "per_class_table"]

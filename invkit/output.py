@@ -30,7 +30,8 @@ from invkit.lock import LOCK_NAME
 
 #: What a run writes into its output directory; ``--overwrite`` removes exactly these
 #: (never anything else a user may keep there).
-RUN_ENTRIES = ("images", "shards", "progress", "state", "manifest.jsonl", "grid.png", "run.json")
+RUN_ENTRIES = ("images", "shards", "progress", "state", "manifest.jsonl", "grid.png", "run.json",
+               "losses.csv", "losses.png", "tensorboard")
 #: The file that marks a directory as an invkit run (written first by every run).
 RUN_STATE = "state/run.json"
 #: Everything invkit itself may leave in a run directory: the run, ``invkit eval``'s
@@ -267,7 +268,8 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume:
         if not (overwrite or resume):
             raise InvkitError(
                 f"output directory {str(path)!r} is not empty; pass --resume to continue "
-                "the run in it or --overwrite to replace it (or choose another --output)")
+                "the run in it or --overwrite to replace it (or choose another --output: "
+                f"{str(next_free_dir(path))!r} is free)")
         foreign = foreign_entries(path)
         if overwrite and foreign:
             raise InvkitError(
@@ -329,3 +331,31 @@ def _remove_run(path: Path) -> None:
         raise InvkitError(f"cannot remove the earlier run in {str(path)!r}: "
                           f"{error.strerror or error} ({getattr(error, 'filename', '')})") \
             from None
+
+
+def next_free_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it is free (missing, or an empty directory), else the first free
+    ``<path>-2``, ``<path>-3``, ... beside it (what to suggest when ``path`` is taken).
+
+    Nothing is created; the number is only a suggestion, so two runs started at the
+    same moment may be offered the same directory (the refusal still protects them).
+
+    Example:
+        >>> next_free_dir("generations/digits")      # generations/digits holds a run
+        PosixPath('generations/digits-2')
+    """
+    path = Path(path)
+    if not path.name:  # ".", "/" or "dir/..": number the directory itself
+        path = path.resolve()
+    if _is_free(path):
+        return path
+    n = 2
+    while not _is_free(path.with_name(f"{path.name}-{n}")):
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
+
+
+def _is_free(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return not any(path.iterdir())
+    return not path.exists() and not path.is_symlink()

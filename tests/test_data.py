@@ -104,3 +104,81 @@ def test_digits_test_data_is_the_heldout_split():
     assert images.shape[1:] == (3, 32, 32) and images.shape[0] == targets.shape[0] > 100
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     assert set(targets.tolist()) == set(range(10))
+
+
+# -- GeneratedImages: the lazily loading Dataset ------------------------------------------
+
+
+def _run_dir(tmp_path, fmt, images, targets, names):
+    """A directory laid out as a run writes it: images/ or shards/, plus manifest.jsonl."""
+    import json
+
+    from tests.tiny_classifier import CLASSES
+
+    root = tmp_path / fmt
+    if fmt == "png":
+        write_imagefolder(root, images, targets, names={t: names[t] for t in names})
+    else:
+        write_shards(root, images, targets, shard_size=4)
+    rows = [{"file": "x", "target": t, "class_name": names.get(t), "batch": 0, "index": i}
+            for i, t in enumerate(targets.tolist())]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "run.json").write_text(json.dumps({"num_classes": CLASSES}))
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["png", "safetensors"])
+def test_generated_images_match_the_files_exactly(tmp_path, fmt):
+    from invkit.data import GeneratedImages
+
+    images, targets = random_uint8(10, seed=11)
+    names = {t: f"name {t}, long" for t in targets.tolist()}  # original, unsanitised names
+    data = GeneratedImages(_run_dir(tmp_path, fmt, images, targets, names))
+    assert len(data) == 10 and data.image_shape == (8, 8)
+    got = [data[i] for i in range(len(data))]
+    assert all(image.dtype == torch.uint8 and image.shape == (3, 8, 8) for image, _ in got)
+    assert all(isinstance(target, int) for _, target in got)
+    assert torch.equal(data.targets, torch.tensor([t for _, t in got]))
+    pairs = sorted((t, i.flatten().tolist()) for i, t in got)
+    assert pairs == sorted((t, i.flatten().tolist()) for i, t in zip(images, targets.tolist()))
+    if fmt == "safetensors":  # shards keep the written order
+        assert torch.equal(torch.stack([i for i, _ in got]), images)
+        assert data.targets.tolist() == targets.tolist()
+    assert data.num_classes == 10 and len(data.classes) == 10
+    for t in targets.tolist():
+        assert data.classes[t] == f"name {t}, long" and data.class_to_idx[data.classes[t]] == t
+    assert data[-1][1] == got[-1][1]
+    with pytest.raises(IndexError):
+        data[10]
+
+
+def test_generated_images_work_with_dataloader_workers(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from invkit.data import GeneratedImages
+
+    a_images, a_targets = random_uint8(6, seed=12)
+    b_images, b_targets = random_uint8(9, seed=13)
+    write_imagefolder(tmp_path / "png", a_images, a_targets)
+    write_shards(tmp_path / "st", b_images, b_targets, shard_size=4)
+    data = GeneratedImages([tmp_path / "png", tmp_path / "st"])
+    data[7]  # opens a shard in this process: workers must not reuse the handle
+    loader = DataLoader(data, batch_size=4, num_workers=2)
+    batches = list(loader)
+    images = torch.cat([b[0] for b in batches])
+    targets = torch.cat([b[1] for b in batches])
+    expected_images, expected_targets = load_image_dataset([tmp_path / "png", tmp_path / "st"])
+    assert torch.equal(images, expected_images) and torch.equal(targets, expected_targets)
+    assert torch.equal(images[6:], b_images)
+
+
+def test_generated_images_transform_and_size(tmp_path):
+    from invkit.data import GeneratedImages
+
+    images, targets = random_uint8(3, seed=14)
+    write_shards(tmp_path, images, targets, shard_size=2)
+    data = GeneratedImages(tmp_path, transform=to_float01)
+    assert torch.equal(data[2][0], images[2].float() / 255)
+    resized = GeneratedImages(tmp_path, size=4)
+    assert resized[0][0].shape == (3, 4, 4) and resized.tensors()[0].shape == (3, 3, 4, 4)
+    assert torch.equal(torch.stack([resized[i][0] for i in range(3)]), resized.tensors()[0])

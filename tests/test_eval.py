@@ -36,7 +36,7 @@ def test_eval_dir_matches_a_direct_computation(tmp_path):
         assert row["count"] == int(mask.sum())
         assert row["correct"] == int((pred[mask] == row["class"]).sum())
         assert row["name"] == NAMES[row["class"]]
-    written = json.loads((tmp_path / "eval.json").read_text())
+    written = json.loads((tmp_path / "eval.json").read_text())["tiny-kd"]
     assert written["top1"] == report["top1"] and written["verifier"] == "tiny-kd"
     assert len(written["per_class"]) == len(set(targets.tolist()))
 
@@ -99,4 +99,24 @@ def test_cli_eval_prints_and_writes(invoke, register_plugin, tmp_path):
     result = invoke("eval", str(tmp_path), "--verifier-arch", "tiny-kd")
     assert result.exit_code == 0, result.output
     assert "top-1 100.00%" in result.output
-    assert json.loads((tmp_path / "eval.json").read_text())["top1"] == 1.0
+    assert json.loads((tmp_path / "eval.json").read_text())["tiny-kd"]["top1"] == 1.0
+
+
+def test_eval_json_keeps_one_result_per_verifier(invoke, register_plugin, tmp_path):
+    _needs_teachers()
+    register_plugin(TinyPlugin(), "tiny-kd-plugin")
+    teacher = tiny_teacher(0)
+    images, _ = random_uint8(20, seed=7)
+    write_imagefolder(tmp_path, images, direct_predictions(teacher, images))
+    # An eval.json from before results were keyed: kept, under its verifier's name.
+    (tmp_path / "eval.json").write_text(json.dumps(
+        {"verifier": "old-net", "top1": 0.5, "per_class": []}))
+    for spec in ("tiny-kd", "tiny-kd-student", "tiny-kd"):
+        result = invoke("eval", str(tmp_path), "--verifier-arch", spec, "-q", "--num-workers", "0")
+        assert result.exit_code == 0, result.output
+        assert f"recorded under '{spec}'" in result.output
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert list(results) == ["old-net", "tiny-kd", "tiny-kd-student"]
+    assert results["tiny-kd"]["top1"] == 1.0 and results["old-net"]["top1"] == 0.5
+    assert results["tiny-kd-student"]["verifier"] == "tiny-kd-student"
+    assert not list(tmp_path.glob(".eval.json.*"))  # written atomically: no temporary left

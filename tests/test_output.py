@@ -126,3 +126,21 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_next_free_dir_names_the_first_free_numbered_directory(tmp_path):
+    from invkit.output import next_free_dir
+
+    run = tmp_path / "generations" / "digits"
+    assert next_free_dir(run) == run  # missing: free
+    run.mkdir(parents=True)
+    assert next_free_dir(run) == run  # empty: free
+    (run / "run.json").write_text("{}")
+    assert next_free_dir(run) == tmp_path / "generations" / "digits-2"
+    (tmp_path / "generations" / "digits-2").mkdir()
+    (tmp_path / "generations" / "digits-2" / "x").write_text("")
+    (tmp_path / "generations" / "digits-3").write_text("a file, not a directory")
+    (tmp_path / "generations" / "digits-5").mkdir()
+    assert next_free_dir(run) == tmp_path / "generations" / "digits-4"
+    assert not (tmp_path / "generations" / "digits-4").exists()  # nothing created
+    assert next_free_dir(str(run)) == tmp_path / "generations" / "digits-4"

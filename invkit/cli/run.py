@@ -80,6 +80,9 @@ def shared_options(command):
                      show_default=True, help="Every N iterations: losses read back, verifier "
                      "run, progress grid (progress/iter_NNNNN.png, first batch only)."),
         click.option("--quiet", "-q", is_flag=True, help="Plain progress lines (for logs)."),
+        click.option("--tensorboard", is_flag=True,
+                     help="Also log every checkpoint's losses to OUTPUT/tensorboard "
+                          "(pip install 'invkit[tensorboard]')."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
 
@@ -179,6 +182,10 @@ def run_from_cli(spec: MethodSpec, values: dict, option_names: list[str],
         raise InvkitError("give --num-batches or --images-per-class, not both")
     if values["resume"] and values["overwrite"]:
         raise InvkitError("--overwrite and --resume cannot be used together: choose one")
+    if values["tensorboard"]:
+        from invkit.history import require_tensorboard
+
+        require_tensorboard()
     options = spec.options(**{n: values[n] for n in option_names}) if spec.options else None
     request = RunRequest(
         method=spec.name, teacher=values["teacher"], arch=values["arch"],
@@ -196,6 +203,7 @@ def run_from_cli(spec: MethodSpec, values: dict, option_names: list[str],
         overwrite=values["overwrite"], verifier=values["use_verifier"],
         verifier_arch=values["verifier_arch"], verifier_weights=values["verifier_weights"],
         student=values["student"], save_every=values["save_every"], quiet=values["quiet"],
+        tensorboard=values["tensorboard"],
     )
     run = resolve_run(request, options, spec=spec)
     if values["dry_run"]:
@@ -212,12 +220,9 @@ def run_from_cli(spec: MethodSpec, values: dict, option_names: list[str],
 
 
 def summary_line(summary: dict, out_dir: Path) -> str:
-    """``wrote DIR num_images=N teacher_accuracy=..% verifier_accuracy=..%``."""
-    parts = [f"wrote {out_dir}"]
-    for key in ("num_images", "teacher_accuracy", "verifier_accuracy"):
-        value = summary.get(key)
-        if isinstance(value, float):
-            parts.append(f"{key}={100 * value:.1f}%")
-        elif value is not None:
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
+    """``wrote DIR: N images, teacher 100.0%, verifier 93.0%`` (the run's last line)."""
+    parts = [f"{summary['num_images']} images"]
+    for key, label in (("teacher_accuracy", "teacher"), ("verifier_accuracy", "verifier")):
+        if isinstance(summary.get(key), float):
+            parts.append(f"{label} {100 * summary[key]:.1f}%")
+    return f"wrote {out_dir}: " + ", ".join(parts)

@@ -41,14 +41,58 @@ def execute(run: ResolvedRun, display=None) -> dict:
     generator = run.spec.factory(teacher, run.objective, config=run.config, student=student,
                                  verifier=verifier)
     display = display or ProgressDisplay(quiet=request.quiet, enabled=is_main_process())
-    with display:
-        return generate_dataset(
-            run.batches, _batch_generator(generator, teacher, run, display), run.output,
-            config=identity.to_json(), info=run.info.to_json(),
-            num_classes=teacher.meta.num_classes, class_names=teacher.meta.class_names,
-            fmt=identity.format, shard_size=identity.shard_size, resume=request.resume,
-            overwrite=request.overwrite, progress=display,
-        )
+    history = _History(run)
+    try:
+        with display:
+            summary = generate_dataset(
+                run.batches, _batch_generator(generator, teacher, run, display, history),
+                run.output, config=identity.to_json(), info=run.info.to_json(),
+                num_classes=teacher.meta.num_classes, class_names=teacher.meta.class_names,
+                fmt=identity.format, shard_size=identity.shard_size, resume=request.resume,
+                overwrite=request.overwrite, progress=display,
+            )
+    finally:
+        history.close()
+    if is_main_process():
+        history.finish(display.log)
+    return summary
+
+
+class _History:
+    """This rank's loss history (``state/losses.rankN.csv``), opened once the run directory
+    is prepared; rank 0 joins every rank's into ``losses.csv`` and draws ``losses.png``."""
+
+    def __init__(self, run: ResolvedRun):
+        from invkit.history import term_weights
+
+        self.run = run
+        self.weights = term_weights(run.objective)
+        self.writer = None
+
+    def for_batch(self, index: int):
+        if self.writer is None:
+            from invkit.distributed import dist_env
+            from invkit.history import LossHistory
+
+            out = self.run.output
+            self.writer = LossHistory(
+                out / "state" / f"losses.rank{dist_env().rank}.csv", self.weights,
+                tensorboard=out / "tensorboard" if self.run.request.tensorboard else None)
+        self.writer.start_batch(index)
+        return self.writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def finish(self, log) -> None:
+        from invkit.history import merge, plot
+
+        out = self.run.output
+        parts = sorted((out / "state").glob("losses.rank*.csv"))
+        if parts:
+            merge(parts, out / "losses.csv")
+            plot(out / "losses.csv", out / "losses.png", log=log)
 
 
 def load_network(spec: str, run: ResolvedRun, *, arch: str | None = None,
@@ -82,14 +126,15 @@ def _check_loaded(run: ResolvedRun, teacher) -> None:
             f"{want.input_size} px: the weights do not match the named network")
 
 
-def _batch_generator(generator, teacher, run: ResolvedRun, display):
-    """``generate(batch) -> GeneratedBatch`` for the writer, reporting to the display."""
+def _batch_generator(generator, teacher, run: ResolvedRun, display, history: _History):
+    """``generate(batch) -> GeneratedBatch`` for the writer: progress, loss history, grids."""
     from invkit.output import save_grid
 
-    out, every = run.output, run.info.save_every
+    out, every, weights = run.output, run.info.save_every, history.weights
 
     def generate(batch) -> GeneratedBatch:
         stage = {"current": 0}
+        rows = history.for_batch(batch.index)
 
         def callback(cp) -> None:
             if cp.stage != stage["current"]:
@@ -99,7 +144,9 @@ def _batch_generator(generator, teacher, run: ResolvedRun, display):
                 display.start_task(label, cp.stage_iterations)
             display.advance()
             if cp.losses is not None:
-                display.report(cp.losses, cp.verifier_accuracy)
+                display.report(cp.losses, cp.verifier_accuracy, weights=weights)
+                rows.append(batch=batch.index, stage=cp.stage, iteration=cp.iteration,
+                            lr=cp.lr, losses=cp.losses, accuracy=cp.verifier_accuracy)
                 due = cp.iteration % every == 0 or cp.iteration == cp.total_iterations
                 if batch.index == 0 and cp.inputs is not None and due:
                     images01 = teacher.denormalize(cp.inputs.float()).clamp(0, 1)
@@ -107,6 +154,10 @@ def _batch_generator(generator, teacher, run: ResolvedRun, display):
 
         started = time.perf_counter()
         result = generator.generate(list(batch.targets), seed=batch.seed, callback=callback)
+        display.batch_summary(result.losses, result.verifier_accuracy,
+                              teacher_accuracy=result.teacher_accuracy,
+                              kept="the lowest-loss iterate" if "best_total" in result.losses
+                              else "the last iterate")
         stats = {"seconds": time.perf_counter() - started, "stage_seconds": result.timings,
                  "its_per_s": result.its_per_s, "teacher_accuracy": result.teacher_accuracy}
         if result.verifier_pred is not None:

@@ -60,6 +60,7 @@ class RunRequest:
     student: str | None = None
     save_every: int = 100
     quiet: bool = False
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
