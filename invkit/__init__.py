@@ -28,7 +28,7 @@ from invkit.methods import (
     verifier_predictions,
 )
 from invkit.objective import (
-    Objective, Prior, PriorRequest, Setup, Step, build_objective, parse_prior,
+    Objective, Prior, PriorRequest, Setup, Step, build_objective, define_prior, parse_prior,
 )
 from invkit.output import next_free_dir
 from invkit.plugins import get_plugin_manager
@@ -77,6 +77,7 @@ __all__ = [
     "Teacher", "TeacherMeta", "TeacherSpec", "VerifierSpec",
     # objectives
     "Objective", "Prior", "PriorRequest", "Setup", "Step", "build_objective", "parse_prior",
+    "define_prior",
     "CrossEntropy", "TotalVariation", "L2Norm",
     # writing a method
     "option", "MethodOption", "method_options", "merge_options", "choose_preset", "Context",

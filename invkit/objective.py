@@ -91,22 +91,101 @@ class Prior:
         return f"<Prior {self.describe()}>"
 
     # Arithmetic: a prior is an objective with one term of weight 1.
+    def objective(self) -> Objective:
+        return Objective([(1.0, self)])
+
     def __mul__(self, weight: float) -> Objective:
-        return Objective([(float(weight), self)])
+        return self.objective() * weight
 
     __rmul__ = __mul__
 
+    def __truediv__(self, weight: float) -> Objective:
+        return self.objective() / weight
+
+    def __neg__(self) -> Objective:
+        return -self.objective()
+
     def __add__(self, other: Prior | Objective) -> Objective:
-        return Objective([(1.0, self)]) + other
+        return self.objective() + other
+
+    def __sub__(self, other: Prior | Objective) -> Objective:
+        return self.objective() - other
 
     def __radd__(self, other: Any) -> Objective:
         if other == 0:  # so that sum([...]) works
-            return Objective([(1.0, self)])
+            return self.objective()
         return NotImplemented
 
 
+def define_prior(name: str, summary: str, *, default_weight: float = 1.0,
+                 help: dict[str, str] | None = None):
+    """Declare a prior where its class is defined: its name, summary, default weight,
+    and options read from the constructor's parameters (names, defaults, types).
+
+    The class gets ``name`` and ``spec`` (a :class:`~invkit.specs.PriorSpec` to yield
+    from the ``invkit_priors`` hook); ``help`` describes the options.
+
+    Example:
+        >>> @define_prior("brightness", "mean pixel value", default_weight=0.1,
+        ...               help={"target": "the mean to reach"})
+        ... class Brightness(Prior):
+        ...     def __init__(self, target: float = 0.5):
+        ...         super().__init__(target=target)
+        ...         self.target = target
+        >>> Brightness.spec.options[0].name, Brightness.spec.options[0].default
+        ('target', 0.5)
+        >>> Brightness().describe()
+        'brightness(target=0.5)'
+    """
+    from invkit.specs import PriorSpec
+
+    def decorate(cls):
+        cls.name = name
+        cls.spec = PriorSpec(name, summary, factory=cls, default_weight=default_weight,
+                             options=options_from_signature(cls, help or {}))
+        return cls
+
+    return decorate
+
+
+def options_from_signature(factory, help: dict[str, str]) -> tuple:
+    """One :class:`~invkit.specs.Option` per parameter of ``factory`` that has a default.
+
+    Example:
+        >>> def f(k: int = 5, mode="a"): ...
+        >>> [(o.name, o.type.__name__, o.default) for o in options_from_signature(f, {})]
+        [('k', 'int', 5), ('mode', 'str', 'a')]
+    """
+    import inspect
+    import typing
+
+    from invkit.specs import Option
+
+    hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    options = []
+    for param in inspect.signature(factory).parameters.values():
+        if param.default is inspect.Parameter.empty or param.kind in (
+                param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        kind = hints.get(param.name, type(param.default))
+        options.append(Option(param.name, kind if isinstance(kind, type) else type(param.default),
+                              param.default, help.get(param.name, "")))
+    unknown = set(help) - {o.name for o in options}
+    if unknown:
+        raise ValueError(f"help for unknown options: {', '.join(sorted(unknown))}")
+    return tuple(options)
+
+
 class Objective:
-    """A weighted sum of priors; calling it returns ``(total, {label: unweighted loss})``."""
+    """A weighted sum of priors; calling it returns ``(total, {label: unweighted loss})``.
+
+    Objectives add, subtract, negate and scale (``*``, ``/``) like numbers.
+
+    Example:
+        >>> from invkit.priors import CrossEntropy, L2Norm
+        >>> (CrossEntropy() - L2Norm() / 4).describe()
+        '1*cross-entropy + -0.25*l2'
+    """
 
     def __init__(self, terms: Iterable[tuple[float, Prior]] = ()):
         self.terms: tuple[tuple[float, Prior], ...] = tuple(terms)
@@ -127,6 +206,17 @@ class Objective:
         return Objective((w * float(weight), p) for w, p in self.terms)
 
     __rmul__ = __mul__
+
+    def __truediv__(self, weight: float) -> Objective:
+        return self * (1.0 / float(weight))
+
+    def __neg__(self) -> Objective:
+        return self * -1.0
+
+    def __sub__(self, other: Prior | Objective) -> Objective:
+        if not isinstance(other, (Prior, Objective)):
+            return NotImplemented
+        return self + (-other)
 
     def __iter__(self) -> Iterator[tuple[float, Prior]]:
         return iter(self.terms)

@@ -10,14 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from invkit.hookspecs import hookimpl
-from invkit.objective import Prior, Step
-from invkit.specs import PriorSpec
+from invkit.objective import Prior, Step, define_prior
 
 
+@define_prior("cross-entropy", "cross-entropy of the teacher's logits vs the targets")
 class CrossEntropy(Prior):
     """Cross-entropy of the teacher's logits against the targets (the "main loss")."""
-
-    name = "cross-entropy"
 
     def __call__(self, step: Step) -> torch.Tensor:
         return F.cross_entropy(step.logits.float(), step.targets)
@@ -54,21 +52,32 @@ class TotalVariation(Prior):
         return sum(d.abs().mean() for d in diffs)
 
 
+@define_prior("l2", "mean L2 norm of each image", default_weight=1e-5)
 class L2Norm(Prior):
     """Mean over the batch of each image's L2 norm."""
-
-    name = "l2"
 
     def __call__(self, step: Step) -> torch.Tensor:
         return torch.linalg.vector_norm(step.inputs.float().flatten(1), dim=1).mean()
 
 
+@define_prior("tv-l1", "total variation (mean |difference|, 4 directions)", default_weight=0.0)
+class TotalVariationL1(TotalVariation):
+    """:class:`TotalVariation` with ``p=1``."""
+
+    def __init__(self):
+        super().__init__(p=1)
+
+
+@define_prior("tv-l2", "total variation (L2 norm of differences, 4 directions)",
+              default_weight=1e-4)
+class TotalVariationL2(TotalVariation):
+    """:class:`TotalVariation` with ``p=2``."""
+
+    def __init__(self):
+        super().__init__(p=2)
+
+
 @hookimpl
 def invkit_priors():
-    yield PriorSpec("cross-entropy", "cross-entropy of the teacher's logits vs the targets",
-                    factory=CrossEntropy, default_weight=1.0)
-    yield PriorSpec("tv-l1", "total variation (mean |difference|, 4 directions)",
-                    factory=lambda: TotalVariation(p=1), default_weight=0.0)
-    yield PriorSpec("tv-l2", "total variation (L2 norm of differences, 4 directions)",
-                    factory=lambda: TotalVariation(p=2), default_weight=1e-4)
-    yield PriorSpec("l2", "mean L2 norm of each image", factory=L2Norm, default_weight=1e-5)
+    for prior in (CrossEntropy, TotalVariationL1, TotalVariationL2, L2Norm):
+        yield prior.spec

@@ -4,14 +4,15 @@ Example:
     >>> reg = registry("prior")
     >>> reg.get("tv-l2").default_weight
     0.0001
-    >>> [s.name for s in registry("teacher").list(include="resnet*", exclude="*v15")][:2]
-    ['resnet101', 'resnet152']
+    >>> [s.name for s in registry("teacher").list(include="resnet*", exclude="*v15")][:3]
+    ['resnet18', 'resnet34', 'resnet50']
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -42,7 +43,8 @@ class Registry(Generic[T]):
         return len(self._records)
 
     def names(self) -> list[str]:
-        return sorted(self._records)
+        """Names in natural order: ``resnet18 < resnet50 < resnet101``."""
+        return sorted(self._records, key=natural_key)
 
     def get(self, name: str) -> T:
         """The record called ``name``; an unknown name raises listing the closest ones."""
@@ -60,6 +62,18 @@ class Registry(Generic[T]):
             if (not inc or any(fnmatch.fnmatchcase(n, p) for p in inc))
             and not any(fnmatch.fnmatchcase(n, p) for p in exc)
         ]
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key comparing digit runs as numbers.
+
+    Example:
+        >>> sorted(["resnet101", "resnet18", "resnet50"], key=natural_key)
+        ['resnet18', 'resnet50', 'resnet101']
+    """
+    # (0, n, "") for numbers, (1, 0, text) for text: always comparable with each other.
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 def _patterns(value: str | Iterable[str] | None) -> list[str]:

@@ -18,7 +18,7 @@ Python API::
 
 from __future__ import annotations
 
-from invkit import MethodSpec, Option, PriorFlag, PriorSpec, ScheduleSpec, hookimpl, scale_plan
+from invkit import MethodSpec, Option, PriorFlag, ScheduleSpec, hookimpl, scale_plan
 from invkit_plugins.deepinversion.adaptive import Competition
 from invkit_plugins.deepinversion.bn_stats import BNStats
 from invkit_plugins.deepinversion.method import DeepInversion, DIConfig
@@ -57,21 +57,8 @@ def invkit_methods():
 
 @hookimpl
 def invkit_priors():
-    yield PriorSpec(
-        "bn-stats", "BatchNorm input statistics vs running statistics (DeepInversion)",
-        factory=BNStats, default_weight=0.01,
-        options=(Option("first_bn_multiplier", float, 10.0,
-                        "weight of the first BatchNorm layer's term"),),
-    )
-    yield PriorSpec(
-        "adi", "Adaptive DeepInversion competition: teacher/student disagreement",
-        factory=Competition, default_weight=0.2,
-        options=(
-            Option("student", str, "", "student teacher spec (or the method's --student)"),
-            Option("temperature", float, 3.0, "softmax temperature"),
-            Option("detach", bool, False, "no gradient through the student"),
-        ),
-    )
+    yield BNStats.spec
+    yield Competition.spec
 
 
 def _setting_plan(setting: int):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from invkit import InvkitError, Prior, Setup, Step, Teacher
+from invkit import InvkitError, Prior, Setup, Step, Teacher, define_prior
 
 CLAMP = (0.01, 0.99)
 
@@ -58,6 +58,11 @@ def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return 1.0 - js.clamp(0.0, 1.0)
 
 
+@define_prior("adi", "Adaptive DeepInversion competition: teacher/student disagreement",
+              default_weight=0.2,
+              help={"student": "student teacher spec (or the run's --student)",
+                    "temperature": "softmax temperature",
+                    "detach": "no gradient through the student"})
 class Competition(Prior):
     """The Adaptive DeepInversion competition term; needs a student.
 
@@ -67,8 +72,6 @@ class Competition(Prior):
     runs the (frozen, eval-mode) student on ``step.inputs`` itself. ``detach=True`` stops
     gradients through the student's branch.
     """
-
-    name = "adi"
 
     def __init__(self, student: str = "", temperature: float = 3.0, detach: bool = False):
         super().__init__(student=student, temperature=float(temperature), detach=bool(detach))

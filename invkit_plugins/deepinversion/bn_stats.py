@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invkit import InvkitError, Prior, Setup, Step
+from invkit import InvkitError, Prior, Setup, Step, define_prior
 
 
 def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +41,9 @@ def bn_layer_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
             + torch.linalg.vector_norm(var - bn.running_var.float()))
 
 
+@define_prior("bn-stats", "BatchNorm input statistics vs running statistics (DeepInversion)",
+              default_weight=0.01,
+              help={"first_bn_multiplier": "weight of the first BatchNorm layer's term"})
 class BNStats(Prior):
     """Match every BatchNorm2d input's batch statistics to the layer's running statistics.
 
@@ -52,8 +55,6 @@ class BNStats(Prior):
     Example:
         >>> objective = CrossEntropy() + 0.01 * BNStats(first_bn_multiplier=10)
     """
-
-    name = "bn-stats"
 
     def __init__(self, first_bn_multiplier: float = 10.0):
         super().__init__(first_bn_multiplier=float(first_bn_multiplier))

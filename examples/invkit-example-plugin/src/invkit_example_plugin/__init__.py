@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from invkit import (
-    Checkpoint, MethodSpec, Option, Prior, PriorSpec, Setup, Step, Teacher, TeacherMeta,
-    TeacherSpec, finish, frozen, hookimpl, module_device, option,
+    Checkpoint, MethodSpec, Prior, Setup, Step, Teacher, TeacherMeta, TeacherSpec,
+    define_prior, finish, frozen, hookimpl, module_device, option,
 )
 
 __version__ = "0.1.0"
@@ -52,10 +52,10 @@ def build_tiny(weights: str | None = None) -> Teacher:
     return Teacher(module=module.eval(), meta=meta, name="example-tiny")
 
 
+@define_prior("example-brightness", "mean pixel value towards a target (example plugin)",
+              default_weight=0.1, help={"target": "the mean pixel value to reach"})
 class Brightness(Prior):
     """Squared distance of the batch's mean pixel value (in [0, 1]) from ``target``."""
-
-    name = "example-brightness"
 
     def __init__(self, target: float = 0.5):
         super().__init__(target=target)
@@ -75,9 +75,7 @@ def invkit_teachers():
 
 @hookimpl
 def invkit_priors():
-    yield PriorSpec("example-brightness", "mean pixel value towards a target (example plugin)",
-                    factory=Brightness, default_weight=0.1,
-                    options=(Option("target", float, 0.5, "the mean pixel value to reach"),))
+    yield Brightness.spec  # name, weight and options come from @define_prior and __init__
 
 
 # --------------------------------------------------------------------------- a method
