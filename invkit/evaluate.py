@@ -25,13 +25,13 @@ from invkit.data import GeneratedImages, to_float01
 from invkit.errors import InvkitError
 from invkit.output import write_json
 from invkit.specs import Teacher
-from invkit.verifiers import TopKAccuracy, topk_accuracy
+from invkit.verifiers import build_verifier, topk_accuracy
 
 
 @torch.no_grad()
 def predict_logits(network: Teacher, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``network``'s logits (float32, on the CPU) on images (uint8 or float in [0, 1]), in batches."""
-    predict = TopKAccuracy(network).predict
+    predict = build_verifier(network).predict
     network.module.eval()
     chunks = [predict(to_float01(images[i:i + batch_size])).cpu()
               for i in range(0, images.shape[0], batch_size)]

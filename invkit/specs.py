@@ -270,7 +270,9 @@ class Preset:
     values (``None`` fields: the method's own defaults). ``priors`` are ``--prior``
     entries applied over the method's ``default_priors`` (an entry replaces the default of
     its name). ``families`` and ``max_input_size`` say which teachers the preset is
-    picked for (see :func:`invkit.methods.choose_preset`).
+    picked for (see :func:`invkit.methods.choose_preset`). ``weights`` and
+    ``verifier_weights`` are the weights the preset's own teacher and verifier use when
+    none are given (e.g. the ones a paper used).
 
     Example:
         >>> Preset("small", "32 px teachers", teacher="cifar-resnet34", options=None,
@@ -288,6 +290,8 @@ class Preset:
     verifier: str | None = None
     families: tuple[str, ...] = ()
     max_input_size: int | None = None
+    weights: str | None = None
+    verifier_weights: str | None = None
 
 
 @dataclass(frozen=True)

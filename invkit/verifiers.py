@@ -54,6 +54,21 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> di
     return figures
 
 
+def build_verifier(network: Teacher, name: str = "accuracy", **options):
+    """The registered verifier ``name`` (default ``accuracy``) around ``network``: what
+    ``invkit run`` and ``invkit eval`` judge images with.
+
+    Example:
+        >>> build_verifier(load_teacher("digits-verifier")).k
+        5
+    """
+    from invkit.registry import registry
+    from invkit.specs import parse_options
+
+    spec = registry("verifier").get(name)
+    return spec.factory(network, **parse_options(f"verifier {name!r}", spec.options, options))
+
+
 def as_verifier(verifier):
     """A verifier object: ``None`` stays ``None``, a :class:`Teacher` network is wrapped in
     :class:`TopKAccuracy` (the ``accuracy`` verifier), anything else is returned as it is.
@@ -63,7 +78,7 @@ def as_verifier(verifier):
         5
     """
     if isinstance(verifier, Teacher):
-        return TopKAccuracy(verifier)
+        return build_verifier(verifier)
     return verifier
 
 

@@ -46,6 +46,8 @@ def test_seed_command_parses_and_dry_run_needs_no_weights(invoke, monkeypatch):
     assert config["bs"] == 84 and config["flip"] is True and config["amp"] == "fp16"
     assert config["teacher"] == "resnet50" and config["preset"] == "imagenet"
     assert config["verifier"] == "mobilenet_v2"
+    # What the published code loaded: torchvision's original (V1) weights, for both.
+    assert config["weights"] == "IMAGENET1K_V1" and config["verifier_weights"] == "IMAGENET1K_V1"
     assert config["exp_name"] == "test_rn50"
     assert config["output"] == str(Path("generations") / "test_rn50")
     assert config["plan"] == [{"iterations": 2000, "downsample": 2},
@@ -196,6 +198,19 @@ def test_multi_batch_run_keeps_progress_of_the_first_batch_and_resumes(invoke, t
     again = run_tiny(invoke, out, *args, "--resume")
     assert again.exit_code == 0, again.output
     assert (out / "manifest.jsonl").read_text() == manifest
+
+
+def test_random_weights_are_seeded_by_the_run_seed(invoke, tmp_path):
+    def images(out, seed):
+        result = invoke("run", "deepinversion", "--arch", "resnet18", "--weights", "none",
+                        "--bs", "2", "--resolution", "32", "--iterations", "3", "--seed", seed,
+                        "--device", "cpu", "-q", "--output", str(out))
+        assert result.exit_code == 0, result.output
+        return {p.name: p.read_bytes() for p in sorted(out.rglob("images/*/*.png"))}
+
+    first = images(tmp_path / "a", "7")
+    assert images(tmp_path / "b", "7") == first
+    assert images(tmp_path / "c", "8") != first
 
 
 def test_dry_run_validates_teacher_and_verifier_names(invoke):

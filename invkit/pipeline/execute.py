@@ -24,6 +24,7 @@ def execute(run: ResolvedRun, display=None) -> dict:
     """
     from invkit.distributed import init_distributed, is_main_process, local_device
     from invkit.progress import ProgressDisplay
+    from invkit.verifiers import as_verifier
 
     request, identity = run.request, run.identity
     device = local_device(run.info.device)
@@ -33,7 +34,7 @@ def execute(run: ResolvedRun, display=None) -> dict:
     _check_loaded(run, teacher)
     verifier = student = None
     if identity.verifier:
-        verifier = build_verifier(load_network(identity.verifier, run,
+        verifier = as_verifier(load_network(identity.verifier, run,
                                                weights=identity.verifier_weights,
                                                device=device, salt=1))
     if identity.student:
@@ -108,13 +109,6 @@ def load_network(spec: str, run: ResolvedRun, *, arch: str | None = None,
         torch.manual_seed(run.identity.seed * 1009 + salt)
         return load_teacher(spec, arch=arch, weights=weights, trust_checkpoint=trust,
                             device=device)
-
-
-def build_verifier(network, name: str = "accuracy"):
-    """The run's verifier: a registered verifier (default ``accuracy``) around ``network``."""
-    from invkit.registry import registry
-
-    return registry("verifier").get(name).factory(network)
 
 
 def _check_loaded(run: ResolvedRun, teacher) -> None:

@@ -110,12 +110,12 @@ def resolve_run(request: RunRequest, options: Any = None, *,
             raise InvkitError(f"preset {preset.name if preset else None!r} has no default "
                               "verifier; name one with --verifier-arch SPEC")
         verifier = preset.verifier
+    weights, verifier_weights = _preset_weights(request, preset, teacher_spec, verifier)
     for other in (verifier, request.student):
         if other:
             find_teacher(other)
     if verifier:
-        check_fits(meta, teacher_spec, preview_teacher(verifier, None, request.verifier_weights),
-                   verifier)
+        check_fits(meta, teacher_spec, preview_teacher(verifier, None, verifier_weights), verifier)
 
     targets, source = _targets(request, preset, meta)
     batches = tuple(plan_batches(
@@ -127,8 +127,8 @@ def resolve_run(request: RunRequest, options: Any = None, *,
     if not str(output).strip():
         raise InvkitError("the output path is empty: give a directory with --output")
     identity = RunIdentity(
-        method=spec.name, teacher=teacher_spec, arch=arch, weights=request.weights,
-        student=request.student, verifier=verifier, verifier_weights=request.verifier_weights,
+        method=spec.name, teacher=teacher_spec, arch=arch, weights=weights,
+        student=request.student, verifier=verifier, verifier_weights=verifier_weights,
         preset=preset.name if preset else None, objective=objective.describe(),
         priors=tuple((p.name, w, tuple(p.options.items())) for w, p in objective),
         config=config, precision=request.precision, bs=bs, targets=targets,
@@ -201,6 +201,19 @@ def _targets(request: RunRequest, preset: Preset | None,
         return tuple(preset.targets), f"preset {preset.name}"
     # The preset's hand-picked classes do not fit this teacher: balance instead.
     return None, "class-balanced"
+
+
+def _preset_weights(request: RunRequest, preset: Preset | None, teacher: str,
+                    verifier: str | None) -> tuple[str | None, str | None]:
+    """The given weights, else the preset's for its own teacher and verifier (the ones
+    the published runs used, e.g. torchvision's original ImageNet weights)."""
+    weights, verifier_weights = request.weights, request.verifier_weights
+    if preset is not None:
+        if weights is None and teacher == preset.teacher:
+            weights = preset.weights
+        if verifier_weights is None and verifier and verifier == preset.verifier:
+            verifier_weights = preset.verifier_weights
+    return weights, verifier_weights
 
 
 def _preset_reason(preset: Preset | None, meta: TeacherMeta, named: str | None) -> str:

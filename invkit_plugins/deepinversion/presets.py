@@ -51,10 +51,12 @@ DEFAULT_PRIORS = ("cross-entropy:1", "bn-stats:0.01,first_bn_multiplier=10", "tv
                   "l2:1e-05")
 
 PRESETS: tuple[Preset, ...] = (
+    # The published code used torchvision's original weights (pretrained=True: V1) for
+    # both the ResNet-50 teacher and the MobileNetV2 verifier.
     Preset(
-        "imagenet", "the published ImageNet defaults (ResNet-50, 224 px, setting 0)",
+        "imagenet", "the published ImageNet defaults (ResNet-50 V1 weights, 224 px, setting 0)",
         teacher="resnet50", families=("imagenet",), bs=84, targets=IMAGENET_TARGETS,
-        verifier="mobilenet_v2",
+        verifier="mobilenet_v2", weights="IMAGENET1K_V1", verifier_weights="IMAGENET1K_V1",
         options=DIOptions(setting_id=0, lr=0.2, jitter=30, flip=True),
     ),
     # Also picked for any teacher of at most 64 px whose dataset is not known otherwise.
