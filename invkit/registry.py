@@ -20,7 +20,7 @@ import pluggy
 
 from invkit.errors import PluginConflict, unknown
 from invkit.hookspecs import RECORD_HOOKS
-from invkit.plugins import get_plugin_manager, report_broken
+from invkit.plugins import call_each, get_plugin_manager
 from invkit.specs import KINDS
 
 T = TypeVar("T")
@@ -87,23 +87,22 @@ def _patterns(value: str | Iterable[str] | None) -> list[str]:
 def registry(kind: str, pm: pluggy.PluginManager | None = None) -> Registry:
     """Collect every plugin's records of ``kind`` (teacher, prior, schedule, verifier, method).
 
-    Each hook implementation is called on its own, so one broken plugin is reported
-    and skipped instead of hiding everyone else's records.
+    The hook is called through pluggy one plugin at a time (:func:`invkit.plugins.call_each`),
+    so one broken plugin is reported and skipped instead of hiding everyone else's records.
     """
     pm = pm or get_plugin_manager()
     expected = KINDS[kind]
-    hook = getattr(pm.hook, RECORD_HOOKS[kind])
+    hook_name = RECORD_HOOKS[kind]
+
+    def checked(returned) -> list:
+        records = list(returned or ())
+        bad = [r for r in records if not isinstance(r, expected)]
+        if bad:
+            raise TypeError(f"{hook_name} returned {bad[0]!r}, not a {expected.__name__}")
+        return records
+
     records: dict[str, object] = {}
-    for impl in hook.get_hookimpls():  # registration order
-        provider = pm.get_name(impl.plugin) or repr(impl.plugin)
-        try:
-            returned = list(impl.function() or ())
-            bad = [r for r in returned if not isinstance(r, expected)]
-            if bad:
-                raise TypeError(f"{hook.name} returned {bad[0]!r}, not a {expected.__name__}")
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not break invkit
-            report_broken(provider, error, where=f"run {hook.name}")
-            continue
+    for provider, returned in call_each(pm, hook_name, consume=checked):
         for record in returned:
             record = dataclasses.replace(record, provider=provider)
             previous = records.get(record.name)

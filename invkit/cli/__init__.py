@@ -81,7 +81,7 @@ def make_cli() -> click.Group:
     ``CliRunner().invoke(make_cli(), ["priors", "list"])``.
     """
     from invkit.cli.listing import register_listing_commands
-    from invkit.plugins import report_broken
+    from invkit.plugins import call_each
 
     @click.group(cls=InvkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(package_name="invkit", prog_name="invkit")
@@ -104,12 +104,9 @@ def make_cli() -> click.Group:
         """
 
     register_listing_commands(cli)
-    pm = get_plugin_manager()
-    for impl in pm.hook.invkit_commands.get_hookimpls():  # registration order
-        try:
-            impl.function(cli=cli)
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not break the CLI
-            report_broken(pm.get_name(impl.plugin), error, where="run invkit_commands")
+    # Through pluggy, one plugin at a time: a broken plugin is warned about, not fatal.
+    for _ in call_each(get_plugin_manager(), "invkit_commands", consume=lambda r: r, cli=cli):
+        pass
     return cli
 
 
