@@ -6,11 +6,13 @@ Example:
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from invkit.hookspecs import hookimpl
 from invkit.objective import Prior, Step, define_prior
+
+if TYPE_CHECKING:  # torch is imported when a prior first runs: listings stay fast
+    import torch
 
 
 @define_prior("cross-entropy", "cross-entropy of the teacher's logits vs the targets")
@@ -18,6 +20,8 @@ class CrossEntropy(Prior):
     """Cross-entropy of the teacher's logits against the targets (the "main loss")."""
 
     def __call__(self, step: Step) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.cross_entropy(step.logits.float(), step.targets)
 
 
@@ -46,6 +50,8 @@ class TotalVariation(Prior):
         self.name = f"tv-l{p}"
 
     def __call__(self, step: Step) -> torch.Tensor:
+        import torch
+
         diffs = neighbour_differences(step.inputs.float())
         if self.p == 2:
             return sum(torch.linalg.vector_norm(d) for d in diffs)
@@ -57,6 +63,8 @@ class L2Norm(Prior):
     """Mean over the batch of each image's L2 norm."""
 
     def __call__(self, step: Step) -> torch.Tensor:
+        import torch
+
         return torch.linalg.vector_norm(step.inputs.float().flatten(1), dim=1).mean()
 
 

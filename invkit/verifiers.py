@@ -12,10 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from invkit.hookspecs import hookimpl
 from invkit.specs import Option, Teacher, VerifierSpec
+
+if TYPE_CHECKING:  # imported on first use: listings stay fast
+    import torch
 
 
 class TopKAccuracy:
@@ -25,13 +28,15 @@ class TopKAccuracy:
         self.network = network
         self.k = k
 
-    @torch.no_grad()
     def predict(self, images01: torch.Tensor) -> torch.Tensor:
         """The classifier's logits on images in [0, 1], resized to its input size."""
+        import torch
+
         module = self.network.module
         param = next(module.parameters(), None)
         device = param.device if param is not None else images01.device
-        return module(self.network.prepare(images01.to(device, torch.float32))).float()
+        with torch.no_grad():
+            return module(self.network.prepare(images01.to(device, torch.float32))).float()
 
     def __call__(self, images01: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         logits = self.predict(images01)

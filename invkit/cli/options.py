@@ -78,14 +78,35 @@ class OutputDir(click.Path):
         return super().convert(value, param, ctx)
 
 
+def complete_names(kind: str):
+    """Shell completion of registered names of ``kind`` (teacher, prior, ...).
+
+    Example:
+        >>> [c.value for c in complete_names("prior")(None, None, "tv")]
+        ['tv-l1', 'tv-l2']
+    """
+
+    def complete(ctx, param, incomplete: str):
+        from click.shell_completion import CompletionItem
+
+        from invkit.registry import registry
+
+        return [CompletionItem(r.name, help=r.summary) for r in registry(kind)
+                if r.name.startswith(incomplete)]
+
+    return complete
+
+
 def teacher_options(command):
     """``--teacher``, ``--arch`` (alias ``--arch-name``/``--arch_name``), ``--weights``,
     ``--trust-checkpoint``."""
     decorators = [
         click.option("--teacher", "teacher", default=None, metavar="SPEC",
+                     shell_complete=complete_names("teacher"),
                      help="Teacher: a registered name, torchvision:NAME or checkpoint:PATH "
                           "(see 'invkit teachers list')."),
         click.option("--arch", "--arch-name", "--arch_name", "arch", default=None,
+                     shell_complete=complete_names("teacher"),
                      metavar="NAME", help="Architecture (a teacher name); with "
                      "--teacher checkpoint:PATH, the network the file is loaded into."),
         click.option("--weights", default=None, metavar="WEIGHTS",
@@ -102,6 +123,7 @@ def prior_options(command):
     ``--dry-run``."""
     decorators = [
         click.option("--prior", "prior", multiple=True, metavar="NAME[:W][,k=v...]",
+                     shell_complete=complete_names("prior"),
                      callback=_parse_priors,
                      help="Add or override a loss term (repeatable; repeats add up). "
                           "See 'invkit priors list'."),

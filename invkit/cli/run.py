@@ -80,6 +80,9 @@ def shared_options(command):
                      show_default=True, help="Every N iterations: losses read back, verifier "
                      "run, progress grid (progress/iter_NNNNN.png, first batch only)."),
         click.option("--quiet", "-q", is_flag=True, help="Plain progress lines (for logs)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for torch (default: torch's own). On a busy or shared "
+                          "CPU, fewer threads than cores avoids a collapse in throughput."),
         click.option("--tensorboard", is_flag=True,
                      help="Also log every checkpoint's losses to OUTPUT/tensorboard "
                           "(pip install 'invkit[tensorboard]')."),
@@ -203,7 +206,7 @@ def run_from_cli(spec: MethodSpec, values: dict, option_names: list[str],
         overwrite=values["overwrite"], verifier=values["use_verifier"],
         verifier_arch=values["verifier_arch"], verifier_weights=values["verifier_weights"],
         student=values["student"], save_every=values["save_every"], quiet=values["quiet"],
-        tensorboard=values["tensorboard"],
+        tensorboard=values["tensorboard"], threads=values["threads"],
     )
     run = resolve_run(request, options, spec=spec)
     if values["dry_run"]:

@@ -27,6 +27,10 @@ def execute(run: ResolvedRun, display=None) -> dict:
     from invkit.verifiers import as_verifier
 
     request, identity = run.request, run.identity
+    if request.threads is not None:
+        import torch
+
+        torch.set_num_threads(request.threads)
     device = local_device(run.info.device)
     init_distributed(device)
     teacher = load_network(identity.teacher, run, arch=identity.arch, weights=identity.weights,

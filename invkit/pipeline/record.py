@@ -61,6 +61,7 @@ class RunRequest:
     save_every: int = 100
     quiet: bool = False
     tensorboard: bool = False
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,28 @@ from __future__ import annotations
 from invkit import MethodSpec, Option, PriorFlag, ScheduleSpec, hookimpl, scale_plan
 from invkit_plugins.deepinversion.adaptive import Competition
 from invkit_plugins.deepinversion.bn_stats import BNStats
-from invkit_plugins.deepinversion.method import DeepInversion, DIConfig
 from invkit_plugins.deepinversion.options import DIOptions, configure
 from invkit_plugins.deepinversion.presets import DEFAULT_PRIORS, PRESETS, SETTINGS
 
 __all__ = ["DeepInversion", "DIConfig", "DIOptions", "configure", "BNStats", "Competition",
            "PRESETS", "SETTINGS"]
+
+
+def __getattr__(name: str):
+    # The loop imports torch: loaded on first use, so listings and --help stay fast.
+    if name in ("DeepInversion", "DIConfig"):
+        from invkit_plugins.deepinversion import method
+
+        return getattr(method, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_generator(teacher, objective, *, config, student=None, verifier=None):
+    """The method's factory: a :class:`~invkit_plugins.deepinversion.method.DeepInversion`."""
+    from invkit_plugins.deepinversion.method import DeepInversion
+
+    return DeepInversion(teacher, objective, config=config, student=student,
+                         verifier=verifier)
 
 #: The published script's coefficient flags, as shorthands for prior weights.
 PRIOR_FLAGS = (
@@ -49,7 +65,7 @@ def invkit_methods():
     yield MethodSpec(
         "deepinversion",
         "DeepInversion: match BatchNorm statistics to synthesise class images",
-        factory=DeepInversion, options=DIOptions, configure=configure,
+        factory=make_generator, options=DIOptions, configure=configure,
         default_priors=DEFAULT_PRIORS, presets=PRESETS, prior_flags=PRIOR_FLAGS,
         needs_batchnorm=True,
     )

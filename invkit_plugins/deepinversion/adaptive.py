@@ -15,10 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from invkit import InvkitError, Prior, Setup, Step, Teacher, define_prior
+
+if TYPE_CHECKING:  # torch is imported when the prior first runs: listings stay fast
+    import torch
 
 CLAMP = (0.01, 0.99)
 
@@ -48,6 +50,8 @@ def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         >>> competition_loss(torch.zeros(2, 10), torch.zeros(2, 10))   # full agreement
         tensor(1.)
     """
+    import torch.nn.functional as F
+
     p = F.softmax(student_logits.float() / temperature, dim=1)
     q = F.softmax(teacher_logits.float() / temperature, dim=1)
     m = (0.5 * (p + q)).clamp(*CLAMP)

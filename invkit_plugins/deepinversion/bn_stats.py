@@ -18,10 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from invkit import InvkitError, Prior, Setup, Step, define_prior
+
+if TYPE_CHECKING:  # torch is imported when the prior first runs: listings stay fast
+    import torch
+    from torch import nn
 
 
 def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +33,8 @@ def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     One fused reduction (``torch.var_mean``) instead of the permute + contiguous + view
     copy of the published code; works on channels_last tensors as they are.
     """
+    import torch
+
     var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
     return mean, var
 
@@ -37,6 +42,8 @@ def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def bn_layer_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """``||mu - running_mean||_2 + ||var - running_var||_2`` for one layer's input ``x``."""
     mean, var = bn_input_stats(x)
+    import torch
+
     return (torch.linalg.vector_norm(mean - bn.running_mean.float())
             + torch.linalg.vector_norm(var - bn.running_var.float()))
 
@@ -63,6 +70,8 @@ class BNStats(Prior):
         self._terms: list[torch.Tensor | None] = []
 
     def setup(self, setup: Setup) -> None:
+        from torch import nn
+
         layers = [m for m in setup.teacher.module.modules() if isinstance(m, nn.BatchNorm2d)]
         if not layers:
             raise InvkitError(
@@ -75,6 +84,8 @@ class BNStats(Prior):
             self._handles.append(layer.register_forward_hook(self._hook(index)))
 
     def _hook(self, index: int):
+        import torch
+
         def hook(module: nn.BatchNorm2d, inputs, output) -> None:
             # Statistics and the loss in float32, whatever autocast does around us.
             with torch.autocast(inputs[0].device.type, enabled=False):
