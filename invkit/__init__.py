@@ -34,9 +34,25 @@ def load_teacher(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
+def find_teacher(*args, **kwargs):
+    """A teacher spec's record, without building it (see :func:`invkit.teachers.find_teacher`);
+    ``find_teacher("vgg11").batchnorm`` is False."""
+    from invkit.teachers import find_teacher as _find
+
+    return _find(*args, **kwargs)
+
+
+def has_batchnorm(module) -> bool:
+    """Whether a network has BatchNorm layers (see :func:`invkit.teachers.has_batchnorm`)."""
+    from invkit.teachers import has_batchnorm as _has
+
+    return _has(module)
+
+
 __all__ = [
     "InvkitError", "PluginConflict", "hookimpl", "hookspec", "Objective", "Prior",
     "PriorRequest", "Setup", "Step", "build_objective", "parse_prior", "get_plugin_manager",
     "Registry", "registry", "MethodSpec", "Option", "PriorSpec", "ScheduleSpec", "Stage",
-    "Teacher", "TeacherMeta", "TeacherSpec", "VerifierSpec", "load_teacher", "__version__",
+    "Teacher", "TeacherMeta", "TeacherSpec", "VerifierSpec", "load_teacher", "find_teacher",
+    "has_batchnorm", "__version__",
 ]

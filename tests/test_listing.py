@@ -37,7 +37,8 @@ def test_teachers_list_include_exclude_json(register_plugin, invoke):
     assert [r["name"] for r in rows] == ["zoo-alpha", "zoo-beta"]
     assert rows[0] | {"summary": None} == {
         "name": "zoo-alpha", "summary": None, "source": "zoo", "input_size": 8,
-        "num_classes": 3, "default_weights": "none", "provider": "zoo-plugin"}
+        "num_classes": 3, "default_weights": "none", "grayscale": False, "family": None,
+        "batchnorm": None, "provider": "zoo-plugin"}
 
 
 def test_teachers_list_table_shows_source_size_classes_and_provider(register_plugin, invoke):
