@@ -153,3 +153,20 @@ def test_listing_the_registry_stays_cheap():
     finally:
         torchvision.models.get_model = original
     assert calls == []
+
+
+def test_teacher_table_fits_80_columns_with_whole_names():
+    from rich.console import Console
+
+    from invkit.cli.listing import CAPTIONS, COLUMNS, list_records, make_table
+
+    records = list_records("teacher", (), ())
+    out = Console(width=80, record=True, highlight=False, file=open("/dev/null", "w"))
+    out.print(make_table("teachers", COLUMNS["teacher"], records, CAPTIONS["teacher"]))
+    lines = out.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    names = {line.split("│")[1].strip() for line in lines if line.startswith("│")}
+    assert {r.name for r in records} <= names  # no name broken over two lines
+    row = next(line for line in lines if line.startswith("│ shufflenet_v2_x0_5 "))
+    assert [cell.strip() for cell in row.split("│")[2:6]] == ["torchvision", "224", "1000",
+                                                              "yes"]

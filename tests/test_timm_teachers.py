@@ -97,6 +97,15 @@ def test_missing_default_weights_name_the_file_and_where_it_goes(empty_hf_cache)
 
 
 @needs_timm
+def test_architectures_without_pretrained_weights_say_so():
+    assert find_teacher("timm:seresnet18").summary == "no pretrained weights"
+    with pytest.raises(InvkitError, match="^timm has no pretrained weights for seresnet18 \\(its "
+                                          "config is 'untrained'\\): pass --weights FILE, or "
+                                          "--weights none for random init$"):
+        load_teacher("timm:seresnet18")
+
+
+@needs_timm
 def test_cached_default_weights_are_read_offline(empty_hf_cache):
     from safetensors.torch import save_file
 

@@ -22,10 +22,15 @@ from invkit.specs import Option
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a listing: its header and how to read it from a record."""
+    """One column of a listing: its header and how to read it from a record.
+
+    ``wrap=False`` keeps short values (names, sizes) on one line when the table must
+    shrink to fit a narrow terminal; the wrapping columns (summaries) fold instead.
+    """
 
     header: str
     value: Callable[[object], object]
+    wrap: bool = True
 
 
 def _options(record) -> str:
@@ -63,10 +68,11 @@ PROVIDER = Column("provider", lambda r: r.provider)
 SUMMARY = Column("summary", lambda r: r.summary)
 
 COLUMNS: dict[str, tuple[Column, ...]] = {
-    "teacher": (NAME, Column("source", teacher_source),
-                Column("input", lambda r: _maybe(r.input_size)),
-                Column("classes", lambda r: _maybe(r.num_classes)),
-                Column("BN", lambda r: yes_no(r.batchnorm)), SUMMARY),
+    "teacher": (Column("name", lambda r: r.name, wrap=False),
+                Column("source", teacher_source, wrap=False),
+                Column("input", lambda r: _maybe(r.input_size), wrap=False),
+                Column("classes", lambda r: _maybe(r.num_classes), wrap=False),
+                Column("BN", lambda r: yes_no(r.batchnorm), wrap=False), SUMMARY),
     "prior": (NAME, Column("weight", lambda r: f"{r.default_weight:g}"),
               Column("options", _options), PROVIDER, SUMMARY),
     "schedule": (NAME, Column("kind", lambda r: r.kind), Column("options", _options),
@@ -135,18 +141,32 @@ def option_dict(option: Option) -> dict:
             "choices": list(option.choices) if option.choices is not None else None}
 
 
-def console() -> Console:
-    # Wide enough that tables are readable in logs and pipes, not only in terminals.
-    return Console(width=max(Console().width, 120), highlight=False)
+def console(fit_terminal: bool = False) -> Console:
+    """Wide enough that tables are readable in logs and pipes, not only in terminals;
+    ``fit_terminal``: a terminal's own width (the table folds its summaries to fit)."""
+    plain = Console()
+    if fit_terminal and plain.is_terminal:
+        return Console(width=plain.width, highlight=False)
+    return Console(width=max(plain.width, 120), highlight=False)
 
 
-def print_table(title: str, columns: tuple[Column, ...], records, caption: str | None = None):
+#: Listings whose tables fit the terminal (they keep names whole and fold summaries).
+FIT_TERMINAL = {"teacher"}
+
+
+def make_table(title: str, columns: tuple[Column, ...], records,
+               caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption, title_justify="left")
     for column in columns:
-        table.add_column(column.header, overflow="fold")
+        table.add_column(column.header, overflow="fold", no_wrap=not column.wrap)
     for record in records:
         table.add_row(*(str(column.value(record)) for column in columns))
-    console().print(table)
+    return table
+
+
+def print_table(title: str, columns: tuple[Column, ...], records, caption: str | None = None,
+                fit_terminal: bool = False):
+    console(fit_terminal).print(make_table(title, columns, records, caption))
 
 
 def make_kind_group(kind: str) -> click.Group:
@@ -171,7 +191,8 @@ def make_kind_group(kind: str) -> click.Group:
         caption = CAPTIONS.get(kind, "")
         if include or exclude:
             caption = f"{len(records)} matching. {caption}".strip()
-        print_table(f"{plural} ({len(records)})", COLUMNS[kind], records, caption or None)
+        print_table(f"{plural} ({len(records)})", COLUMNS[kind], records, caption or None,
+                    fit_terminal=kind in FIT_TERMINAL)
 
     @group.command(name="show", help=f"Show one {kind}: its options, defaults and provider.")
     @click.argument("name")

@@ -161,7 +161,8 @@ def spec(name: str, with_batchnorm: bool = False):
     info = describe(name)
     return TeacherSpec(
         # Short: listings show size, classes and source in their own columns.
-        f"{PREFIX}{name}", f"weights {info['tag'] or 'none'}",
+        f"{PREFIX}{name}", f"weights {info['tag']}" if info["hf_hub_id"] or info["url"]
+        else "no pretrained weights",
         factory=functools.partial(build, name), source="timm",
         input_size=info["input_size"], num_classes=info["num_classes"],
         default_weights="DEFAULT", family="imagenet" if info["num_classes"] == 1000 else None,
@@ -230,6 +231,10 @@ def offline() -> bool:
 def _pretrained_file(name: str, info: dict) -> Path:
     """The cached pretrained weights file of ``name``, downloading it if allowed."""
     repo = info["hf_hub_id"]
+    if not repo and not info["url"]:
+        raise InvkitError(f"timm has no pretrained weights for {name} (its config is "
+                          f"{info['tag'] or 'untrained'!r}): pass --weights FILE, or --weights "
+                          "none for random init")
     if not repo:
         raise InvkitError(f"{PREFIX}{name}'s pretrained weights are not on the Hugging Face hub "
                           f"(timm fetches them from {info['url'] or 'nowhere'}): download that "
