@@ -42,6 +42,14 @@ def find_teacher(*args, **kwargs):
     return _find(*args, **kwargs)
 
 
+def spec_has_batchnorm(spec, arch=None):
+    """Whether a teacher spec's network has BatchNorm, before loading it (True, False or
+    None for unknown; see :func:`invkit.teachers.spec_has_batchnorm`)."""
+    from invkit.teachers import spec_has_batchnorm as _spec
+
+    return _spec(spec, arch)
+
+
 def has_batchnorm(module) -> bool:
     """Whether a network has BatchNorm layers (see :func:`invkit.teachers.has_batchnorm`)."""
     from invkit.teachers import has_batchnorm as _has
@@ -54,5 +62,5 @@ __all__ = [
     "PriorRequest", "Setup", "Step", "build_objective", "parse_prior", "get_plugin_manager",
     "Registry", "registry", "MethodSpec", "Option", "PriorSpec", "ScheduleSpec", "Stage",
     "Teacher", "TeacherMeta", "TeacherSpec", "VerifierSpec", "load_teacher", "find_teacher",
-    "has_batchnorm", "__version__",
+    "has_batchnorm", "spec_has_batchnorm", "__version__",
 ]

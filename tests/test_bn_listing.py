@@ -170,3 +170,21 @@ def test_teacher_table_fits_80_columns_with_whole_names():
     row = next(line for line in lines if line.startswith("│ shufflenet_v2_x0_5 "))
     assert [cell.strip() for cell in row.split("│")[2:6]] == ["torchvision", "224", "1000",
                                                               "yes"]
+
+
+def test_spec_has_batchnorm_before_loading(tmp_path):
+    import invkit
+    from invkit.teachers import save_teacher
+
+    specs = [("digits", None), ("digits-vit", None), ("torchvision:vgg11", None),
+             (None, "resnet18")]
+    assert [invkit.spec_has_batchnorm(*spec) for spec in specs] == [True, False, False, True]
+    path = save_teacher(load_teacher("digits-verifier", weights="none"),
+                        tmp_path / "v.safetensors")
+    assert invkit.spec_has_batchnorm(f"checkpoint:{path}") is False  # arch from the file
+    assert invkit.spec_has_batchnorm(f"checkpoint:{path}", arch="digits") is True
+    bare = tmp_path / "bare.pt"
+    torch.save({"w": torch.zeros(1)}, bare)
+    assert invkit.spec_has_batchnorm(f"checkpoint:{bare}") is None
+    with pytest.raises(InvkitError, match="weights file not found"):
+        invkit.spec_has_batchnorm(f"checkpoint:{tmp_path / 'missing.pt'}")

@@ -121,6 +121,31 @@ def find_teacher(spec: str | None, arch: str | None = None) -> TeacherSpec | Non
     return _record(name)
 
 
+def spec_has_batchnorm(spec: str | None, arch: str | None = None) -> bool | None:
+    """Whether the teacher a spec names has BatchNorm, before its weights are loaded.
+
+    True or False when known; None when unknown (a plugin teacher that does not say, a
+    timm network that cannot be built on the meta device, a checkpoint file without
+    invkit metadata and no ``arch``). For ``checkpoint:PATH`` the architecture comes
+    from ``arch`` or the file's metadata (read without loading the weights).
+
+    Example:
+        >>> spec_has_batchnorm("digits"), spec_has_batchnorm("vgg11")
+        (True, False)
+        >>> spec_has_batchnorm("checkpoint:students/vit.safetensors")   # arch in the file
+        False
+    """
+    record = find_teacher(spec, arch)
+    if record is None:
+        from invkit.teachers import checkpoint
+
+        metadata = checkpoint.read_metadata(Path(spec[len(CHECKPOINT):]).expanduser())
+        if not checkpoint.has_teacher_metadata(metadata):
+            return None
+        record = _record(metadata["arch"])
+    return record.batchnorm
+
+
 def has_batchnorm(module) -> bool:
     """Whether ``module`` contains a BatchNorm layer (any ``BatchNorm1d/2d/3d``,
     ``SyncBatchNorm``, or a subclass such as timm's ``BatchNormAct2d``): the layers whose
@@ -309,4 +334,4 @@ def invkit_teachers():
 
 
 __all__ = ["load_teacher", "save_teacher", "check_verifier", "find_teacher", "has_batchnorm",
-           "invkit_teachers"]
+           "spec_has_batchnorm", "invkit_teachers"]
