@@ -156,7 +156,7 @@ def test_timm_teachers_are_listed_only_when_asked_for(invoke):
     assert shown["batchnorm"] is True and shown["input_size"] == 160
 
 
-def test_without_timm_the_error_names_the_extra(monkeypatch):
+def test_without_timm_the_error_names_the_extra(monkeypatch, invoke):
     from invkit.teachers import timm_models
 
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
@@ -165,3 +165,7 @@ def test_without_timm_the_error_names_the_extra(monkeypatch):
     with pytest.raises(InvkitError, match="^timm teachers need the timm package: "
                                           "pip install 'invkit\\[timm\\]'$"):
         load_teacher("timm:vit_tiny_patch16_224", weights="none")
+    result = invoke("teachers", "list", "--include", "timm:vit*")
+    assert result.exit_code == 2
+    assert result.output == "Error: timm teachers need the timm package: pip install " \
+                            "'invkit[timm]'\n"
