@@ -28,6 +28,7 @@ def test_every_torchvision_teacher_says_whether_it_has_batchnorm():
     assert {r.name for r in teachers if r.batchnorm is None} == set()
 
 
+@pytest.mark.filterwarnings("ignore:The default weight initialization:FutureWarning")
 @pytest.mark.parametrize("name", ["alexnet", "vgg11", "vgg11_bn", "vit_b_16", "swin_t",
                                   "convnext_tiny", "squeezenet1_0", "resnet18",
                                   "mobilenet_v3_small", "efficientnet_b0", "maxvit_t",
