@@ -112,7 +112,8 @@ def test_teachers_list_shows_source_and_batchnorm_in_natural_order(invoke):
     assert "BN" in header and "provider" not in header
     rows = {line.split()[1]: line.split()[1:] for line in lines
             if line.startswith("│") and line.split()[1] not in ("│",)}
-    assert rows["vgg11"][:9] == ["vgg11", "│", "torchvision", "│", "224", "│", "1000", "│", "no"]
+    assert rows["vgg11"][:9] == ["vgg11", "│", "torchvision", "│", "224", "│", "1000", "│",
+                                 "no"]
     assert rows["vgg11_bn"][8] == "yes" and rows["resnet50v15"][2] == "nvidia"
     assert rows["digits-vit"][2] == "bundled" and rows["digits-vit"][8] == "no"
     assert rows["cifar-resnet18"][2] == "cifar"

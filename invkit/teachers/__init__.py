@@ -12,10 +12,11 @@ Built-in sources, registered through the ``invkit_teachers`` hook like any plugi
   (:mod:`invkit.teachers.timm_models`; resolved on demand, not registered).
 
 A teacher spec string is a registered name, ``torchvision:NAME``, ``timm:NAME`` or
-``checkpoint:PATH``. Whether a teacher has BatchNorm is known before anything is
-built (``find_teacher(spec).batchnorm``: True, False, or None for unknown) and, once
-built, :func:`has_batchnorm` says it of the module itself. Any registered teacher also loads a weights file
-(``weights="path.pth"``): the network is built with ``weights="none"`` and the file
+``checkpoint:PATH``. Whether a teacher has BatchNorm is known before its weights are
+loaded (:func:`spec_has_batchnorm`: True, False, or None for unknown) and, once built,
+:func:`has_batchnorm` says it of the module itself.
+
+Any registered teacher also loads a weights file (``weights="path.pth"``): the network is built with ``weights="none"`` and the file
 is read by :mod:`invkit.teachers.checkpoint`, so plugin teachers get file loading
 for free.
 
