@@ -16,9 +16,9 @@ A teacher spec string is a registered name, ``torchvision:NAME``, ``timm:NAME`` 
 loaded (:func:`spec_has_batchnorm`: True, False, or None for unknown) and, once built,
 :func:`has_batchnorm` says it of the module itself.
 
-Any registered teacher also loads a weights file (``weights="path.pth"``): the network is built with ``weights="none"`` and the file
-is read by :mod:`invkit.teachers.checkpoint`, so plugin teachers get file loading
-for free.
+Any registered teacher also loads a weights file (``weights="path.pth"``): the network
+is built with ``weights="none"`` and the file is read by
+:mod:`invkit.teachers.checkpoint`, so plugin teachers get file loading for free.
 
 Example:
     >>> teacher = load_teacher("digits")
