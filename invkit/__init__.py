@@ -49,6 +49,8 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 _LAZY = {
     "load_teacher": "invkit.teachers", "save_teacher": "invkit.teachers",
     "preview_teacher": "invkit.teachers", "check_verifier": "invkit.teachers",
+    "find_teacher": "invkit.teachers", "has_batchnorm": "invkit.teachers",
+    "spec_has_batchnorm": "invkit.teachers",
     "as_verifier": "invkit.verifiers", "TopKAccuracy": "invkit.verifiers",
     "build_schedule": "invkit.schedules", "scale_plan": "invkit.schedules",
     "CrossEntropy": "invkit.priors", "TotalVariation": "invkit.priors",
@@ -87,7 +89,8 @@ __all__ = [
     # plugins and registries
     "get_plugin_manager", "Registry", "registry",
     # teachers
-    "load_teacher", "save_teacher", "preview_teacher", "check_verifier",
+    "load_teacher", "save_teacher", "preview_teacher", "check_verifier", "find_teacher",
+    "has_batchnorm", "spec_has_batchnorm",
     # running
     "run_method", "RunRequest", "resolve_run", "plan_batches", "generate_dataset",
     "RunInterrupted", "__version__",

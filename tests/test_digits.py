@@ -23,7 +23,7 @@ def accuracy(teacher, images01, labels) -> float:
     return (predictions == labels).float().mean().item()
 
 
-@pytest.mark.parametrize("name", ["digits", "digits-verifier"])
+@pytest.mark.parametrize("name", ["digits", "digits-verifier", "digits-vit"])
 def test_shipped_weights_reach_97_percent_on_the_heldout_split(name):
     images01, labels = D.digits_dataset("heldout")
     teacher = load_teacher(name)
@@ -62,13 +62,37 @@ def test_teacher_and_verifier_are_different_architectures():
         assert t.meta.class_names == tuple("0123456789")
 
 
-@pytest.mark.parametrize("name", ["digits", "digits-verifier"])
+@pytest.mark.parametrize("name", ["digits", "digits-verifier", "digits-vit"])
 def test_shipped_files_carry_their_metadata(name):
     metadata = read_metadata(D.WEIGHTS[name])
     assert metadata["arch"] == name
     assert metadata["input_size"] == "32" and metadata["num_classes"] == "10"
     assert json.loads(metadata["mean"]) == list(D.MEAN)
     assert float(metadata["heldout_accuracy"]) >= 0.97
+
+
+def test_digits_vit_is_a_small_layernorm_transformer_without_batchnorm():
+    from invkit.teachers import find_teacher, has_batchnorm
+
+    teacher = load_teacher("digits-vit")
+    norms = {type(m) for m in teacher.module.modules() if "Norm" in type(m).__name__}
+    assert norms == {nn.LayerNorm} and not has_batchnorm(teacher.module)
+    assert find_teacher("digits-vit").batchnorm is False and find_teacher("digits").batchnorm
+    assert has_batchnorm(load_teacher("digits").module)
+    assert (teacher.meta.mean, teacher.meta.std) == (D.MEAN, D.STD)
+    assert (teacher.meta.grayscale, teacher.meta.family) == (True, "digits")
+    assert teacher.meta.class_names == D.CLASS_NAMES
+    assert sum(p.numel() for p in teacher.module.parameters()) == 148042
+    assert D.WEIGHTS["digits-vit"].stat().st_size < 1_000_000
+    check_verifier(teacher, load_teacher("digits-verifier"))
+
+
+def test_every_digits_network_says_whether_it_has_batchnorm():
+    from invkit.teachers import has_batchnorm
+
+    for name in D.BUILDERS:
+        module = load_teacher(name, weights="none").module
+        assert has_batchnorm(module) is D.BATCHNORM[name], name
 
 
 def test_random_init_differs_from_shipped():
@@ -80,7 +104,9 @@ def test_random_init_differs_from_shipped():
 def test_listing_shows_source_size_and_classes(invoke):
     result = invoke("teachers", "list", "--include", "digits*", "--json")
     rows = {r["name"]: r for r in json.loads(result.output)}
-    assert set(rows) == {"digits", "digits-verifier"}
+    assert set(rows) == {"digits", "digits-verifier", "digits-vit"}
+    assert {n: r["batchnorm"] for n, r in rows.items()} == {
+        "digits": True, "digits-verifier": False, "digits-vit": False}
     for row in rows.values():
         assert (row["source"], row["input_size"], row["num_classes"]) == ("bundled", 32, 10)
         assert row["provider"] == "invkit.teachers"
@@ -113,3 +139,16 @@ def test_training_is_deterministic():
     assert all(torch.equal(a[k], b[k]) for k in a)
     untrained = load_teacher("digits", weights="none").module.state_dict()
     assert not torch.equal(a["fc.weight"], untrained["fc.weight"])
+
+
+def test_every_network_has_training_settings_and_the_vit_trains_deterministically():
+    module = _train_module()
+    assert set(module.TRAINING) == set(D.BUILDERS)
+    # The convolutional networks keep the settings they shipped with.
+    assert module.TRAINING["digits"] == module.Training(epochs=40, lr=3e-3, weight_decay=5e-4)
+    images01, labels = D.digits_dataset("train")
+    images01, labels = images01[:32], labels[:32]
+    first = module.train("digits-vit", images01, labels, epochs=1, seed=2, batch_size=16)
+    second = module.train("digits-vit", images01, labels, epochs=1, seed=2, batch_size=16)
+    a, b = first.module.state_dict(), second.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,10 +24,15 @@ from invkit.specs import Option
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a listing: its header and how to read it from a record."""
+    """One column of a listing: its header and how to read it from a record.
+
+    ``wrap=False`` keeps short values (names, sizes) on one line when the table must
+    shrink to fit a narrow terminal; the wrapping columns (summaries) fold instead.
+    """
 
     header: str
     value: Callable[[object], object]
+    wrap: bool = True
 
 
 def _options(record) -> str:
@@ -37,14 +43,38 @@ def _maybe(value) -> str:
     return "-" if value is None else str(value)
 
 
+#: The plugin name of invkit's own teachers (their source says more: bundled, torchvision...).
+BUILTIN_TEACHERS = "invkit.teachers"
+
+
+def teacher_source(record) -> str:
+    """Where a teacher comes from: the built-in source (bundled, torchvision, cifar, nvidia,
+    timm) or, for a plugin's teacher, the plugin's name."""
+    if record.provider in ("", BUILTIN_TEACHERS):
+        return record.source or "-"
+    return record.provider
+
+
+def yes_no(value: bool | None) -> str:
+    return "?" if value is None else "yes" if value else "no"
+
+
+def natural_key(name: str) -> list:
+    """Sort key putting ``resnet18`` before ``resnet101`` (numbers compared as numbers)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name) if part]
+
+
 NAME = Column("name", lambda r: r.name)
 PROVIDER = Column("provider", lambda r: r.provider)
 SUMMARY = Column("summary", lambda r: r.summary)
 
 COLUMNS: dict[str, tuple[Column, ...]] = {
-    "teacher": (NAME, Column("source", lambda r: r.source or "-"),
-                Column("input", lambda r: _maybe(r.input_size)),
-                Column("classes", lambda r: _maybe(r.num_classes)), PROVIDER, SUMMARY),
+    "teacher": (Column("name", lambda r: r.name, wrap=False),
+                Column("source", teacher_source, wrap=False),
+                Column("input", lambda r: _maybe(r.input_size), wrap=False),
+                Column("classes", lambda r: _maybe(r.num_classes), wrap=False),
+                Column("BN", lambda r: yes_no(r.batchnorm), wrap=False), SUMMARY),
     "prior": (NAME, Column("weight", lambda r: f"{r.default_weight:g}"),
               Column("options", _options), PROVIDER, SUMMARY),
     "schedule": (NAME, Column("kind", lambda r: r.kind), Column("options", _options),
@@ -57,7 +87,40 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
 CAPTIONS = {
     "verifier": "The network behind a verifier is any teacher spec "
                 "(--verifier-arch NAME): see 'invkit teachers list'.",
+    "teacher": "BN: has BatchNorm layers (what DeepInversion's statistics prior needs; ? = "
+               "known once built: 'invkit teachers show NAME'). timm models: --include "
+               "'timm:PATTERN'.",
 }
+
+
+def list_records(kind: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> list:
+    """The registered records of ``kind`` matching the patterns; for teachers, in natural
+    order and with the timm classifiers when an include pattern starts with ``timm:``
+    (there are over 1,000: they are listed only when asked for)."""
+    records = registry(kind).list(include=include or None, exclude=exclude or None)
+    if kind != "teacher":
+        return records
+    timm_patterns = [p for p in include if p.startswith("timm:")]
+    if timm_patterns:
+        from invkit.teachers import timm_models
+
+        records += timm_models.teacher_specs(include=timm_patterns, exclude=exclude)
+    return sorted(records, key=lambda r: natural_key(r.name))
+
+
+def find_record(kind: str, name: str):
+    """One record by name; teachers also by spec (``torchvision:NAME``, ``timm:NAME``),
+    with BatchNorm looked up where the listing leaves it unknown."""
+    if kind == "teacher":
+        from invkit.errors import InvkitError
+        from invkit.teachers import find_teacher
+
+        record = find_teacher(name)
+        if record is None:
+            raise InvkitError(f"{name} is a file, not a teacher name: 'invkit teachers show' "
+                              "takes a name from 'invkit teachers list'")
+        return record
+    return registry(kind).get(name)
 
 
 def record_dict(record) -> dict:
@@ -97,18 +160,32 @@ def option_dict(option: Option | MethodOption) -> dict:
     return out
 
 
-def console() -> Console:
-    # Wide enough that tables are readable in logs and pipes, not only in terminals.
-    return Console(width=max(Console().width, 120), highlight=False)
+def console(fit_terminal: bool = False) -> Console:
+    """Wide enough that tables are readable in logs and pipes, not only in terminals;
+    ``fit_terminal``: a terminal's own width (the table folds its summaries to fit)."""
+    plain = Console()
+    if fit_terminal and plain.is_terminal:
+        return Console(width=plain.width, highlight=False)
+    return Console(width=max(plain.width, 120), highlight=False)
 
 
-def print_table(title: str, columns: tuple[Column, ...], records, caption: str | None = None):
+#: Listings whose tables fit the terminal (they keep names whole and fold summaries).
+FIT_TERMINAL = {"teacher"}
+
+
+def make_table(title: str, columns: tuple[Column, ...], records,
+               caption: str | None = None) -> Table:
     table = Table(title=title, caption=caption, title_justify="left")
     for column in columns:
-        table.add_column(column.header, overflow="fold")
+        table.add_column(column.header, overflow="fold", no_wrap=not column.wrap)
     for record in records:
         table.add_row(*(str(column.value(record)) for column in columns))
-    console().print(table)
+    return table
+
+
+def print_table(title: str, columns: tuple[Column, ...], records, caption: str | None = None,
+                fit_terminal: bool = False):
+    console(fit_terminal).print(make_table(title, columns, records, caption))
 
 
 def make_kind_group(kind: str) -> click.Group:
@@ -126,20 +203,21 @@ def make_kind_group(kind: str) -> click.Group:
                   help="Leave out names matching this shell pattern (repeatable).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def list_command(include, exclude, as_json):
-        records = registry(kind).list(include=include or None, exclude=exclude or None)
+        records = list_records(kind, include, exclude)
         if as_json:
             click.echo(json.dumps([record_dict(r) for r in records], indent=2))
             return
         caption = CAPTIONS.get(kind, "")
         if include or exclude:
             caption = f"{len(records)} matching. {caption}".strip()
-        print_table(f"{plural} ({len(records)})", COLUMNS[kind], records, caption or None)
+        print_table(f"{plural} ({len(records)})", COLUMNS[kind], records, caption or None,
+                    fit_terminal=kind in FIT_TERMINAL)
 
     @group.command(name="show", help=f"Show one {kind}: its options, defaults and provider.")
     @click.argument("name")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
     def show_command(name, as_json):
-        record = registry(kind).get(name)
+        record = find_record(kind, name)
         if as_json:
             click.echo(json.dumps(record_dict(record), indent=2))
             return

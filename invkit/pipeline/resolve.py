@@ -180,13 +180,13 @@ def _check_batchnorm(spec: MethodSpec, teacher: str, arch: str | None) -> None:
     if not spec.needs_batchnorm:
         return
     from invkit.registry import registry
-    from invkit.teachers import find_teacher
+    from invkit.teachers import spec_has_batchnorm
 
-    record = find_teacher(teacher, arch)
-    if record is None or record.batchnorm is not False:
-        return  # unknown until loaded: the prior says so then
+    if spec_has_batchnorm(teacher, arch) is not False:
+        return  # has BatchNorm, or unknown until loaded (the prior says so then)
     others = [m.name for m in registry("method") if not m.needs_batchnorm]
-    hint = f"; methods that work without it: {', '.join(others)}" if others else ""
+    hint = (f"; methods that work without it: {', '.join(others)}" if others
+            else "; no installed method works without it")
     raise InvkitError(f"method {spec.name!r} needs a teacher with BatchNorm layers, and "
                       f"{teacher!r} has none{hint}")
 

@@ -8,12 +8,17 @@ Built-in sources, registered through the ``invkit_teachers`` hook like any plugi
   :mod:`invkit.teachers.torchvision_models`).
 - ``resnet50v15``: NVIDIA's ResNet-50 v1.5 checkpoint (:mod:`invkit.teachers.resnet50v15`).
 - ``cifar-resnet18``, ``cifar-resnet34``: CIFAR-form ResNets (:mod:`invkit.teachers.cifar`).
+- ``timm:NAME``: every timm classifier, with ``pip install 'invkit[timm]'``
+  (:mod:`invkit.teachers.timm_models`; resolved on demand, not registered).
 
-A teacher spec string is a registered name, ``torchvision:NAME`` or
-``checkpoint:PATH``. Any registered teacher also loads a weights file
-(``weights="path.pth"``): the network is built with ``weights="none"`` and the file
-is read by :mod:`invkit.teachers.checkpoint`, so plugin teachers get file loading
-for free.
+A teacher spec string is a registered name, ``torchvision:NAME``, ``timm:NAME`` or
+``checkpoint:PATH``. Whether a teacher has BatchNorm is known before its weights are
+loaded (:func:`spec_has_batchnorm`: True, False, or None for unknown) and, once built,
+:func:`has_batchnorm` says it of the module itself.
+
+Any registered teacher also loads a weights file (``weights="path.pth"``): the network
+is built with ``weights="none"`` and the file is read by
+:mod:`invkit.teachers.checkpoint`, so plugin teachers get file loading for free.
 
 Example:
     >>> teacher = load_teacher("digits")
@@ -34,6 +39,7 @@ from invkit.specs import Teacher, TeacherMeta, TeacherSpec
 
 CHECKPOINT = "checkpoint:"
 TORCHVISION = "torchvision:"
+TIMM = "timm:"
 
 # Teachers whose checkpoints commonly use other layer names: a key renamer for each.
 _RENAMERS = {"cifar-resnet18": "cifar", "cifar-resnet34": "cifar"}
@@ -43,7 +49,8 @@ _MISSING_HINTS = {"resnet50v15": "download NVIDIA's ResNet-50 v1.5 checkpoint "
 
 
 def load_teacher(spec: str | None, arch: str | None = None, weights: str | None = None,
-                 trust_checkpoint: bool = False, device="cpu") -> Teacher:
+                 trust_checkpoint: bool = False, device="cpu",
+                 input_size: int | None = None) -> Teacher:
     """Load a teacher (module in eval mode, plus metadata) from a spec string.
 
     - ``spec``: a registered teacher name (see ``invkit teachers list``), ``torchvision:NAME``
@@ -53,6 +60,10 @@ def load_teacher(spec: str | None, arch: str | None = None, weights: str | None 
     - ``weights``: ``None`` for the teacher's default, ``"none"`` for random init, a
       weights name (torchvision: ``DEFAULT``, ``IMAGENET1K_V2``...) or a file.
     - ``trust_checkpoint``: allow full unpickling of ``.pt``/``.pth`` files.
+    - ``input_size``: build the network for this input size instead of its default
+      (vision transformers fix it at construction; other networks only record it), for
+      fast runs at small resolution, e.g. ``load_teacher("vit_b_16", weights="none",
+      input_size=32)``. Teachers whose factory cannot change it refuse.
 
     Every user error is an :class:`InvkitError` with a one-line message.
 
@@ -74,13 +85,16 @@ def load_teacher(spec: str | None, arch: str | None = None, weights: str | None 
         if weights is not None:
             raise InvkitError(f"--weights {weights} cannot be combined with --teacher {spec} "
                               "(the checkpoint is the weights)")
+        if input_size is not None:
+            raise InvkitError("input size cannot be changed for --teacher checkpoint:PATH (the "
+                              "file holds the network for its own size)")
         teacher = _load_checkpoint(spec, Path(path).expanduser(), arch, trust_checkpoint)
     else:
         if arch and arch not in (spec, spec.removeprefix(TORCHVISION)):
             raise InvkitError(f"--arch {arch} only applies to --teacher checkpoint:PATH; "
                               f"to use {arch}, pass it alone (or --teacher {arch})")
         record = _record(spec)
-        teacher = _build(record, spec, weights, trust_checkpoint)
+        teacher = _build(record, spec, weights, trust_checkpoint, input_size=input_size)
     try:
         teacher.module.to(device).eval()
     except (RuntimeError, AssertionError, ValueError) as error:  # e.g. no CUDA here
@@ -155,7 +169,53 @@ def _spec_meta(record: TeacherSpec) -> TeacherMeta:
                        family=record.family)
 
 
+def spec_has_batchnorm(spec: str | None, arch: str | None = None) -> bool | None:
+    """Whether the teacher a spec names has BatchNorm, before its weights are loaded.
+
+    True or False when known; None when unknown (a plugin teacher that does not say, a
+    timm network that cannot be built on the meta device, a checkpoint file without
+    invkit metadata and no ``arch``). For ``checkpoint:PATH`` the architecture comes
+    from ``arch`` or the file's metadata (read without loading the weights).
+
+    Example:
+        >>> spec_has_batchnorm("digits"), spec_has_batchnorm("vgg11")
+        (True, False)
+        >>> spec_has_batchnorm("checkpoint:students/vit.safetensors")   # arch in the file
+        False
+    """
+    record = find_teacher(spec, arch)
+    if record is None:
+        from invkit.teachers import checkpoint
+
+        metadata = checkpoint.read_metadata(Path(spec[len(CHECKPOINT):]).expanduser())
+        if not checkpoint.has_teacher_metadata(metadata):
+            return None
+        record = _record(metadata["arch"])
+    return record.batchnorm
+
+
+def has_batchnorm(module) -> bool:
+    """Whether ``module`` contains a BatchNorm layer (any ``BatchNorm1d/2d/3d``,
+    ``SyncBatchNorm``, or a subclass such as timm's ``BatchNormAct2d``): the layers whose
+    running statistics BatchNorm-matching methods (DeepInversion) need.
+
+    Example:
+        >>> has_batchnorm(load_teacher("digits").module)
+        True
+        >>> has_batchnorm(load_teacher("digits-vit").module)
+        False
+    """
+    from torch import nn
+
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def _record(spec: str) -> TeacherSpec:
+    if spec.startswith(TIMM):
+        from invkit.teachers import timm_models
+
+        return dataclasses.replace(timm_models.spec(spec[len(TIMM):], with_batchnorm=True),
+                                   provider=__name__)
     if spec.startswith(TORCHVISION):
         from invkit.teachers import torchvision_models
 
@@ -170,7 +230,7 @@ def _record(spec: str) -> TeacherSpec:
 
 
 def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
-           file_metadata: dict | None = None) -> Teacher:
+           file_metadata: dict | None = None, input_size: int | None = None) -> Teacher:
     """Build ``record``'s teacher with ``weights`` (None, "none", a name or a file)."""
     from invkit.teachers import checkpoint
 
@@ -182,7 +242,7 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
         state = checkpoint.read_state_dict(path, trust=trust)
         if file_metadata is None:
             file_metadata = checkpoint.read_metadata(path)
-        teacher = _call_factory(record, "none")
+        teacher = _call_factory(record, "none", input_size)
         checkpoint.load_into(teacher.module, state, source=str(path), arch=record.name,
                              rename=_renamer(record.name))
         meta = dataclasses.replace(teacher.meta, weights=str(path))
@@ -191,7 +251,7 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
             meta = checkpoint.meta_from_metadata(file_metadata, path, weights=str(path),
                                                  fallback=teacher.meta)
     else:
-        teacher = _call_factory(record, weights, trust)
+        teacher = _call_factory(record, weights, input_size, trust)
         meta = teacher.meta
     meta = dataclasses.replace(meta, arch=record.name)  # so save_teacher round-trips
     return Teacher(module=teacher.module, meta=meta, name=name)
@@ -216,17 +276,24 @@ def _renamer(name: str):
     return None
 
 
-def _call_factory(record: TeacherSpec, weights: str | None, trust: bool = False) -> Teacher:
+def _call_factory(record: TeacherSpec, weights: str | None, input_size: int | None = None,
+                  trust: bool = False) -> Teacher:
     """Call a (possibly third-party) factory; its bugs become one-line errors.
 
     ``trust`` (``--trust-checkpoint``) reaches factories that read weights files
     themselves and declare a ``trust`` parameter (torchvision's); others never get it.
+    ``input_size`` reaches factories that declare it (ViTs built for another size).
     """
     from torch import nn
 
     kwargs = {} if weights is None else {"weights": weights}
-    if trust and _takes_trust(record.factory):
+    if trust and _takes(record.factory, "trust"):
         kwargs["trust"] = True
+    if input_size is not None and input_size != record.input_size:
+        if not _takes(record.factory, "input_size"):
+            raise InvkitError(f"teacher {record.name!r} cannot be built for another input size "
+                              f"(it takes {record.input_size} px)")
+        kwargs["input_size"] = input_size
     try:
         built = record.factory(**kwargs)
     except InvkitError:
@@ -245,11 +312,11 @@ def _call_factory(record: TeacherSpec, weights: str | None, trust: bool = False)
     return built
 
 
-def _takes_trust(factory) -> bool:
+def _takes(factory, parameter: str) -> bool:
     import inspect
 
     try:
-        return "trust" in inspect.signature(factory).parameters
+        return parameter in inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins and other callables without a signature
         return False
 
@@ -265,11 +332,17 @@ def _load_checkpoint(spec: str, path: Path, arch: str | None, trust: bool) -> Te
                               "(e.g. --arch resnet50; see 'invkit teachers list')")
         arch = metadata["arch"]
         teachers = registry("teacher")
-        if arch not in teachers:
+        if arch not in teachers and not arch.startswith((TORCHVISION, TIMM)):
             raise InvkitError(f"{path} holds a {arch!r} network, which no installed plugin "
                               "provides: install that plugin, or pass --arch NAME")
     record = _record(arch)
-    return _build(record, spec, str(path), trust, file_metadata=metadata)
+    # A network saved at another input size (e.g. a ViT built for 32 px) is rebuilt so;
+    # the metadata is checked (plausible sizes and statistics) before anything is built.
+    size = None
+    if checkpoint.has_teacher_metadata(metadata):
+        size = checkpoint.meta_from_metadata(metadata, path, weights=str(path)).input_size
+        size = size if size != record.input_size else None
+    return _build(record, spec, str(path), trust, file_metadata=metadata, input_size=size)
 
 
 def save_teacher(teacher: Teacher, path: str | os.PathLike,
@@ -327,5 +400,5 @@ def invkit_teachers():
     yield from torchvision_models.teacher_specs()
 
 
-__all__ = ["load_teacher", "preview_teacher", "save_teacher", "check_verifier",
-           "invkit_teachers"]
+__all__ = ["load_teacher", "preview_teacher", "save_teacher", "check_verifier", "find_teacher",
+           "has_batchnorm", "spec_has_batchnorm", "invkit_teachers"]

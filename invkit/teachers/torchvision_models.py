@@ -33,6 +33,18 @@ from invkit.errors import InvkitError
 #: Seconds a stalled weights download may wait on the network before giving up.
 DOWNLOAD_TIMEOUT = 20.0
 
+# Which model families have BatchNorm, by name pattern (first match wins). A static
+# table because building the 80 models to look (even on the ``meta`` device, which
+# RegNet does not support) takes about a minute; tests check it against the modules.
+BATCHNORM_PATTERNS = (
+    ("vgg*_bn", True),
+    ("vgg*", False), ("alexnet", False), ("squeezenet*", False), ("vit_*", False),
+    ("swin_*", False), ("convnext_*", False),
+    ("resne*", True), ("wide_resnet*", True), ("densenet*", True), ("efficientnet_*", True),
+    ("googlenet", True), ("inception_v3", True), ("mnasnet*", True), ("mobilenet_*", True),
+    ("regnet_*", True), ("shufflenet_*", True), ("maxvit_*", True),
+)
+
 
 @functools.cache
 def model_names() -> tuple[str, ...]:
@@ -40,6 +52,20 @@ def model_names() -> tuple[str, ...]:
     import torchvision
 
     return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def batchnorm(name: str) -> bool | None:
+    """Whether torchvision model ``name`` has BatchNorm layers (None: a family this
+    table does not know, e.g. one added by a newer torchvision).
+
+    Example:
+        >>> batchnorm("resnet50"), batchnorm("vgg11"), batchnorm("vgg11_bn")
+        (True, False, True)
+    """
+    from fnmatch import fnmatchcase
+
+    return next((has for pattern, has in BATCHNORM_PATTERNS if fnmatchcase(name, pattern)),
+                None)
 
 
 def weights_enum(name: str):
@@ -121,12 +147,19 @@ def _missing(name: str, weights, reason: str) -> InvkitError:
         f"--weights FILE (or --weights none for random init)")
 
 
-def build(name: str, weights: str | None = None, trust: bool = False):
+def build(name: str, weights: str | None = None, input_size: int | None = None,
+          trust: bool = False):
     """A torchvision classifier as a :class:`~invkit.specs.Teacher`.
 
     ``weights``: ``None``/``"DEFAULT"``, a weights name, or ``"none"``. The weights file
     (in the torch hub cache) is read with ``weights_only=True`` unless ``trust``
-    (``--trust-checkpoint``).
+    (``--trust-checkpoint``). ``input_size`` builds the ViTs (whose position embeddings
+    fix it) for that size, e.g. 32 px for fast tests; other networks take any size and
+    only record it. Pretrained ViT weights only fit their own size.
+
+    Example:
+        >>> build("vit_b_16", weights="none", input_size=32).meta.input_size
+        32
     """
     import torchvision
 
@@ -136,16 +169,22 @@ def build(name: str, weights: str | None = None, trust: bool = False):
     if weights.lower() == "none":
         info = describe(name)
         # ViTs fix their input size at construction: build them for the metadata's size.
-        extra = {"image_size": info["input_size"]} if name.startswith("vit_") else {}
+        extra = ({"image_size": input_size or info["input_size"]} if name.startswith("vit_")
+                 else {})
         module = torchvision.models.get_model(name, weights=None,
                                               num_classes=info["num_classes"], **extra)
         label = "none"
     else:
         member = resolve_weights(name, weights)
         info = _describe_weights(member)
+        if input_size and input_size != info["input_size"] and name.startswith("vit_"):
+            raise InvkitError(f"{name} weights {member.name} fit {info['input_size']} px inputs "
+                              f"only, not {input_size} px (use --weights none at {input_size} "
+                              "px)")
         module = _with_weights(name, member, trust)
         label = f"{type(member).__name__}.{member.name}"
-    meta = TeacherMeta(arch=name, input_size=info["input_size"], num_classes=info["num_classes"],
+    meta = TeacherMeta(arch=name, input_size=input_size or info["input_size"],
+                       num_classes=info["num_classes"],
                        mean=info["mean"], std=info["std"], class_names=info["class_names"],
                        weights=label, family="imagenet")
     return Teacher(module=module.eval(), meta=meta, name=name)
@@ -233,10 +272,11 @@ def spec(name: str):
 
     info = describe(name)
     return TeacherSpec(
-        name, f"torchvision {name} ({info['num_classes']} classes, {info['input_size']} px)",
+        # Short: listings show size, classes and source in their own columns.
+        name, f"weights {weights_enum(name).DEFAULT.name}",
         factory=functools.partial(build, name), source="torchvision",
         input_size=info["input_size"], num_classes=info["num_classes"],
-        default_weights="DEFAULT", family="imagenet")
+        default_weights="DEFAULT", family="imagenet", batchnorm=batchnorm(name))
 
 
 def teacher_specs():
