@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 
 import pytest
@@ -16,6 +17,9 @@ import invkit
 import invkit_plugins
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+#: Modules whose examples use an optional extra (both are in the ``test`` extra).
+EXTRAS = {"invkit.history": {"matplotlib": "plot", "tensorboard": "tensorboard"}}
 
 
 def _module_names() -> list[str]:
@@ -31,6 +35,9 @@ def _module_names() -> list[str]:
 
 @pytest.mark.parametrize("name", _module_names())
 def test_docstring_examples(name, tmp_path, monkeypatch):
+    for package, extra in EXTRAS.get(name, {}).items():
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{name}'s examples need {package}: pip install 'invkit[{extra}]'")
     monkeypatch.chdir(tmp_path)
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)
