@@ -17,14 +17,26 @@ Two on-disk layouts are read, and any number of directories can be combined:
   directly in the directory), each with ``images`` uint8 (N, 3, H, W) and
   ``targets`` int64 (N,).
 
-Example:
-    >>> data = GeneratedImages(["generations/a", "generations/b"])   # lazy
+Example (an ImageFolder and a shard directory, written here with random images):
+    >>> import torch
+    >>> from safetensors.torch import save
+    >>> from invkit.output import atomic_write_bytes, class_dirname, save_png
+    >>> names = ["zero", "one"]
+    >>> for i in range(6):
+    ...     _ = save_png(f"a/{class_dirname(i % 2, 2, names[i % 2])}/{i:03d}.png",
+    ...                  torch.rand(3, 32, 32))
+    >>> shard = save({"images": torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+    ...               "targets": torch.tensor([0, 1, 0, 1])})
+    >>> _ = atomic_write_bytes("b/shard_00000.safetensors", shard)
+    >>> data = GeneratedImages(["a", "b"])   # lazy
     >>> len(data), data.classes[:2]
-    (2000, ['zero', 'one'])
-    >>> images, targets = load_image_dataset(["generations/a", "generations/b"])
+    (10, ['zero', 'one'])
+    >>> images, targets = load_image_dataset(["a", "b"])
     >>> images.dtype, images.shape
-    (torch.uint8, torch.Size([2000, 3, 32, 32]))
+    (torch.uint8, torch.Size([10, 3, 32, 32]))
     >>> test_images, test_targets = load_test_data("digits")   # the held-out digits
+    >>> test_images.shape
+    torch.Size([450, 3, 32, 32])
 """
 
 from __future__ import annotations
@@ -64,8 +76,9 @@ def find_layout(directory: Path) -> tuple[str, Path]:
     """Which layout ``directory`` holds: ``("shards", dir)`` or ``("imagefolder", dir)``.
 
     Example:
-        >>> find_layout(Path("generations/digits"))
-        ('imagefolder', PosixPath('generations/digits/images'))
+        >>> Path("generations/layout/images/000_zero").mkdir(parents=True)
+        >>> find_layout(Path("generations/layout"))
+        ('imagefolder', PosixPath('generations/layout/images'))
     """
     directory = Path(directory)
     expected = "expected a generated run directory, an ImageFolder or a shard dir"
@@ -89,6 +102,8 @@ def class_folders(root: Path) -> list[ClassFolder]:
     """The class directories under an ImageFolder ``root``, with their class indices.
 
     Example:
+        >>> for name in ("000_zero", "001_one", "002_two"):
+        ...     Path("run/images", name).mkdir(parents=True)
         >>> [(c.index, c.name) for c in class_folders(Path("run/images"))][:2]
         [(0, 'zero'), (1, 'one')]
     """
@@ -182,12 +197,21 @@ class GeneratedImages(torch.utils.data.Dataset):
     its own shard files.
 
     Example:
+        >>> from invkit.output import class_dirname, save_png
+        >>> names = ["zero", "one", "two"]
+        >>> for i in range(30):                      # an ImageFolder of random images
+        ...     _ = save_png(f"generations/digits/images/{class_dirname(i % 3, 3, names[i % 3])}"
+        ...                  f"/{i:03d}.png", torch.rand(3, 32, 32))
         >>> data = GeneratedImages("generations/digits")
         >>> len(data), data.classes[:3]
-        (1000, ['zero', 'one', 'two'])
-        >>> image, target = data[0]                  # uint8 (3, 32, 32), 0
-        >>> loader = torch.utils.data.DataLoader(data, batch_size=256, num_workers=4)
-        >>> images, targets = next(iter(loader))     # uint8 (256, 3, 32, 32), int64 (256,)
+        (30, ['zero', 'one', 'two'])
+        >>> image, target = data[0]
+        >>> image.dtype, image.shape, target
+        (torch.uint8, torch.Size([3, 32, 32]), 0)
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=16, num_workers=0)
+        >>> images, targets = next(iter(loader))
+        >>> images.shape, targets.dtype
+        (torch.Size([16, 3, 32, 32]), torch.int64)
     """
 
     def __init__(self, paths: Path | str | Sequence[Path | str], transform=None,
@@ -409,7 +433,15 @@ def load_image_dataset(dirs: Sequence[Path | str], size: int | None = None,
     dataset itself for anything large, since this holds every image at once.
 
     Example:
+        >>> from safetensors.torch import save
+        >>> from invkit.output import atomic_write_bytes, save_png
+        >>> _ = save_png("run_png/images/003/00000_000.png", torch.rand(3, 32, 32))
+        >>> shard = save({"images": torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+        ...               "targets": torch.tensor([1, 2])})
+        >>> _ = atomic_write_bytes("run_shards/shards/shard_00000.safetensors", shard)
         >>> images, targets = load_image_dataset(["run_png", "run_shards"])
+        >>> images.shape, targets.tolist()
+        (torch.Size([3, 3, 32, 32]), [3, 1, 2])
     """
     return GeneratedImages(dirs, size=size).tensors()
 
@@ -427,6 +459,8 @@ def load_test_data(spec: str | Path, size: int | None = None) -> tuple[torch.Ten
 
     Example:
         >>> images, targets = load_test_data("digits")
+        >>> images.dtype, images.shape, targets[:3].tolist()
+        (torch.float32, torch.Size([450, 3, 32, 32]), [1, 4, 8])
     """
     if str(spec) == "digits":
         from invkit.teachers.digits import digits_dataset

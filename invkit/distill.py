@@ -8,21 +8,30 @@ The student is evaluated on real test images after every epoch.
 
 Example:
     >>> from invkit.teachers import load_teacher
-    >>> from invkit.data import load_image_dataset, load_test_data
+    >>> from invkit.teachers.digits import digits_dataset
+    >>> from invkit.data import load_test_data
     >>> teacher = load_teacher("digits")
     >>> student = load_teacher("digits-verifier", weights="none")
-    >>> images, targets = load_image_dataset(["generations/digits"])
-    >>> result = distill(teacher, student, images, targets, test=load_test_data("digits"),
-    ...                  config=DistillConfig(epochs=30, flip=False))
-    >>> result.history[-1]["test_acc"]
-    0.93
+    >>> images, targets = digits_dataset("train")      # stand-ins for generated images
+    >>> test_images, test_targets = load_test_data("digits")
+    >>> result = distill(teacher, student, images[:64], targets[:64],
+    ...                  test=(test_images[:100], test_targets[:100]),
+    ...                  config=DistillConfig(epochs=1, flip=False))
+    >>> sorted(result.history[-1])
+    ['epoch', 'loss', 'lr', 'seconds', 'test_acc', 'train_acc', 'train_agree']
 
 Data too large for memory streams from disk instead: pass a dataset
 (``GeneratedImages``) in place of the tensors; the result is the same.
 
     >>> from invkit.data import GeneratedImages
+    >>> from invkit.output import class_dirname, save_png
+    >>> for n in range(32):                       # a small ImageFolder to stream from
+    ...     _ = save_png(f"generations/digits/{class_dirname(int(targets[n]), 10, None)}"
+    ...                  f"/{n:03d}.png", images[n])
     >>> result = distill(teacher, student, GeneratedImages("generations/digits"),
-    ...                  config=DistillConfig(epochs=30, flip=False, num_workers=4))
+    ...                  config=DistillConfig(epochs=1, flip=False, num_workers=0))
+    >>> [h["epoch"] for h in result.history]
+    [1]
 """
 
 from __future__ import annotations
@@ -66,7 +75,11 @@ class DistillConfig:
     without BatchNorm at SGD rates (measured: NaN by epoch 5 at lr 0.05 on real digits).
 
     Example:
-        >>> DistillConfig(epochs=5, optimizer="adam", lr=1e-3, flip=False)
+        >>> DistillConfig(epochs=5, optimizer="adam", lr=1e-3, flip=False).padding is None
+        True
+        >>> DistillConfig(optimizer="lion")
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: optimizer 'lion' is not one of: ...
     """
 
     epochs: int = 30
@@ -226,9 +239,15 @@ def distill(teacher: Teacher, student: Teacher,
     (``epoch``, ``lr``, ``loss``, ``train_agree``, ``train_acc``, ``test_acc``).
 
     Example:
-        >>> result = distill(teacher, student, images, targets, config=DistillConfig(epochs=2))
-        >>> [round(h["loss"], 3) for h in result.history]
-        [1.203, 0.871]
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> teacher = load_teacher("digits")
+        >>> student = load_teacher("digits-verifier", weights="none")
+        >>> images, targets = digits_dataset("train")
+        >>> result = distill(teacher, student, images[:64], targets[:64],
+        ...                  config=DistillConfig(epochs=2, flip=False))
+        >>> [h["epoch"] for h in result.history], result.student is student
+        ([1, 2], True)
     """
     _check_pair(teacher, student)
     streamed = isinstance(images, torch.utils.data.Dataset)
@@ -380,7 +399,16 @@ def save_distilled(result: DistillResult, out_dir: Path | str, teacher: Teacher 
     can serve as a verifier or teacher later with readable classes.
 
     Example:
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> teacher = load_teacher("digits")
+        >>> student = load_teacher("digits-verifier", weights="none")
+        >>> images, targets = digits_dataset("train")
+        >>> result = distill(teacher, student, images[:32], targets[:32],
+        ...                  config=DistillConfig(epochs=1, flip=False))
         >>> path = save_distilled(result, "runs/student", teacher)
+        >>> path
+        PosixPath('runs/student/student.safetensors')
         >>> load_teacher(f"checkpoint:{path}").meta.arch
         'digits-verifier'
     """

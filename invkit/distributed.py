@@ -8,11 +8,18 @@ rank and wraps the three collectives the dataset writer uses (a barrier, a
 broadcast from rank 0, and setup/teardown), all of which are no-ops in a plain
 single process.
 
-Example (what a method's command does before loading its teacher):
-    >>> device = local_device(requested_device)   # "cuda:3" on local rank 3
-    >>> env = init_distributed(device)            # nccl on CUDA, gloo on CPU
+Example (what a method's command does before loading its teacher), in a plain process:
+    >>> device = local_device("cpu")
+    >>> env = init_distributed(device)            # outside torchrun: nothing to join
     >>> env.rank, env.world_size
-    (3, 8)
+    (0, 1)
+
+The same lines under ``torchrun --nproc-per-node 8`` on a machine with 8 GPUs, in the
+process of local rank 3 (not run as a test: it needs torchrun and CUDA)::
+
+    device = local_device("cuda")     # "cuda:3"
+    env = init_distributed(device)    # joins the nccl group (gloo on CPU)
+    env.rank, env.world_size          # (3, 8)
 """
 
 from __future__ import annotations
@@ -59,7 +66,9 @@ def dist_env() -> DistEnv:
     """The rank, world size and local rank from torchrun's environment variables.
 
     Example:
-        >>> os.environ.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1"); dist_env()
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1"):
+        ...     dist_env()
         DistEnv(rank=1, world_size=2, local_rank=1)
     """
     import torch.distributed as dist
@@ -80,6 +89,7 @@ def is_main_process() -> bool:
 
     Example:
         >>> if is_main_process(): print("shown once")
+        shown once
     """
     return dist_env().is_main
 
@@ -98,13 +108,15 @@ def local_device(requested: str | None = None) -> str:
     ``cuda:99``) is an :class:`~invkit.errors.InvkitError` naming the valid forms.
 
     Example:
-        >>> local_device("cuda")       # on local rank 2 of a torchrun job
-        'cuda:2'
         >>> local_device("cpu")
         'cpu'
         >>> local_device("gpu")
         Traceback (most recent call last):
         invkit.errors.InvkitError: device 'gpu' is not valid (valid: auto, cpu, cuda, cuda:N, mps)
+
+    On local rank 2 of a torchrun job on a CUDA machine (not run as a test)::
+
+        local_device("cuda")           # 'cuda:2'
     """
     import torch
 
@@ -150,7 +162,8 @@ def init_distributed(device: str | None = None) -> DistEnv:
     Idempotent: calling it again, or after the caller made its own group, does nothing.
 
     Example:
-        >>> env = init_distributed("cpu")   # under torchrun: a gloo group of WORLD_SIZE ranks
+        >>> init_distributed("cpu")   # outside torchrun; under it: a gloo group of WORLD_SIZE ranks
+        DistEnv(rank=0, world_size=1, local_rank=0)
     """
     import torch.distributed as dist
 
@@ -218,7 +231,10 @@ def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (each rank passes its own; only rank 0's counts).
 
     Example:
-        >>> verdict = broadcast_object(check() if is_main_process() else None)
+        >>> def check():                  # e.g. what only rank 0 may decide
+        ...     return {"resume": True}
+        >>> broadcast_object(check() if is_main_process() else None)
+        {'resume': True}
     """
     import torch.distributed as dist
 

@@ -11,6 +11,8 @@ class InvkitError(Exception):
 
     Example:
         >>> raise InvkitError("unknown prior 'tv'; did you mean: tv-l1, tv-l2")
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: unknown prior 'tv'; did you mean: tv-l1, tv-l2
     """
 
     exit_code = 2
@@ -34,7 +36,7 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> InvkitError:
 
     Example:
         >>> str(unknown("prior", "tv", ["tv-l1", "tv-l2", "l2"]))
-        "unknown prior 'tv'; did you mean: tv-l1, tv-l2? (valid: l2, tv-l1, tv-l2)"
+        "unknown prior 'tv'; did you mean: tv-l2, tv-l1? (valid: l2, tv-l1, tv-l2)"
     """
     choices = sorted(choices)
     near = closest(name, choices)

@@ -5,10 +5,16 @@ The images stream from disk (:class:`invkit.data.GeneratedImages`), batch by bat
 spec: evaluating with another verifier adds its result, the same verifier replaces it.
 
 Example:
+    >>> from invkit.output import class_dirname, save_png
+    >>> from invkit.teachers.digits import digits_dataset
+    >>> real, labels = digits_dataset("heldout")        # real held-out digits, as stand-ins
+    >>> for n in range(40):                               # for generated images
+    ...     _ = save_png(f"generations/digits/{class_dirname(int(labels[n]), 10, None)}"
+    ...                  f"/{n:03d}.png", real[n])
     >>> from invkit.teachers import load_teacher
     >>> report = evaluate_dir("generations/digits", load_teacher("digits-verifier"))
     >>> report["top1"], report["per_class"][0]
-    (0.94, {'class': 0, 'name': 'zero', 'count': 100, 'correct': 97, 'accuracy': 0.97})
+    (1.0, {'class': 0, 'name': '0', 'count': 3, 'correct': 3, 'accuracy': 1.0})
     >>> list(read_eval_results("generations/digits"))
     ['digits-verifier']
 """
@@ -48,7 +54,12 @@ def predict_dataset(network: Teacher, dataset: torch.utils.data.Dataset, batch_s
     :func:`invkit.evaluate.predict_logits` on the same images as one tensor.
 
     Example:
-        >>> logits, targets = predict_dataset(verifier, GeneratedImages("generations/digits"))
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> dataset = torch.utils.data.TensorDataset(*digits_dataset("heldout"))
+        >>> logits, targets = predict_dataset(load_teacher("digits-verifier"), dataset)
+        >>> logits.shape, targets.shape
+        (torch.Size([450, 10]), torch.Size([450]))
     """
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)
@@ -96,8 +107,12 @@ def evaluate_images(verifier: Teacher, images: torch.Tensor, targets: torch.Tens
     """Accuracy of ``verifier`` on images (uint8 or float in [0, 1]) against ``targets``.
 
     Example:
-        >>> evaluate_images(verifier, images, targets)["top1"]
-        0.93
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> images, targets = digits_dataset("heldout")
+        >>> verifier = load_teacher("digits-verifier")
+        >>> evaluate_images(verifier, images[:100], targets[:100])["top1"]
+        1.0
     """
     if class_names is None:
         class_names = verifier.meta.class_names
@@ -116,8 +131,12 @@ def evaluate_dataset(verifier: Teacher, dataset: torch.utils.data.Dataset, *,
     DataLoader workers decode the images).
 
     Example:
-        >>> evaluate_dataset(verifier, GeneratedImages("generations/digits"))["top1"]
-        0.93
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> images, targets = digits_dataset("heldout")
+        >>> dataset = torch.utils.data.TensorDataset(images[:100], targets[:100])
+        >>> evaluate_dataset(load_teacher("digits-verifier"), dataset)["top1"]
+        1.0
     """
     if class_names is None:
         class_names = verifier.meta.class_names
@@ -139,8 +158,17 @@ def evaluate_dir(directory: Path | str, verifier: Teacher, *, batch_size: int = 
     from the verifier's metadata, else from the run (manifest, folder names).
 
     Example:
+        >>> from invkit.output import class_dirname, save_png
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> real, labels = digits_dataset("heldout")        # real held-out digits, as stand-ins
+        >>> for n in range(40):                               # for generated images
+        ...     _ = save_png(f"generations/digits/{class_dirname(int(labels[n]), 10, None)}"
+        ...                  f"/{n:03d}.png", real[n])
+        >>> from invkit.teachers import load_teacher
         >>> evaluate_dir("generations/digits", load_teacher("digits-verifier"))["top1"]
-        0.94
+        1.0
+        >>> list(read_eval_results("generations/digits"))
+        ['digits-verifier']
     """
     directory = Path(directory)
     dataset = GeneratedImages(directory)

@@ -22,11 +22,16 @@ Example:
     >>> history = LossHistory("generations/digits/losses.csv",
     ...                       weights={"cross-entropy": 1.0, "bn-stats": 0.05})
     >>> history.start_batch(0)
-    >>> history.append(batch=0, stage=1, iteration=100, lr=0.1,
-    ...                losses={"cross-entropy": 0.2, "bn-stats": 30.0, "total": 1.7},
-    ...                accuracy=0.9)
+    >>> row = history.append(batch=0, stage=1, iteration=100, lr=0.1,
+    ...                      losses={"cross-entropy": 0.2, "bn-stats": 30.0, "total": 1.7},
+    ...                      accuracy=0.9)
     >>> history.close()
+    >>> print(open("generations/digits/losses.csv").read())
+    batch,stage,iteration,lr,cross-entropy,bn-stats,cross-entropy_weighted,bn-stats_weighted,total,best_total,verifier_accuracy
+    0,1,100,0.1,0.2,30.0,0.2,1.5,1.7,,0.9
+    <BLANKLINE>
     >>> plot("generations/digits/losses.csv", "generations/digits/losses.png")
+    PosixPath('generations/digits/losses.png')
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def term_weights(objective: Iterable[tuple[float, Any]]) -> dict[str, float]:
     """``{label: weight}`` of an :class:`invkit.objective.Objective` (labels as in its losses).
 
     Example:
+        >>> from invkit.priors import CrossEntropy, TotalVariation
         >>> term_weights(CrossEntropy() + 1e-4 * TotalVariation(p=2))
         {'cross-entropy': 1.0, 'tv-l2': 0.0001}
     """
@@ -113,9 +119,11 @@ def read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]
     """The header and complete rows of a ``losses.csv`` (a torn last line is left out).
 
     Example:
-        >>> header, rows = read_rows("generations/digits/losses.csv")
-        >>> rows[0]["iteration"], float(rows[0]["total"])
-        ('100', 1.7)
+        >>> _ = atomic_write_bytes("run/losses.csv", b"batch,stage,iteration,lr,total\\n"
+        ...                        b"0,1,100,0.1,1.7\\n0,1,2")       # killed mid-row
+        >>> header, rows = read_rows("run/losses.csv")
+        >>> len(rows), rows[0]["iteration"], float(rows[0]["total"])
+        (1, '100', 1.7)
     """
     text = Path(path).read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
@@ -142,10 +150,17 @@ class LossHistory:
     one file per rank, joined by :func:`merge`).
 
     Example:
+        >>> from pathlib import Path
+        >>> from invkit.priors import CrossEntropy, TotalVariation
+        >>> objective = CrossEntropy() + 1e-4 * TotalVariation(p=2)
+        >>> out = Path("generations/history")
         >>> with LossHistory(out / "losses.csv", weights=term_weights(objective)) as history:
         ...     history.start_batch(3)
-        ...     history.append(batch=3, stage=1, iteration=100, lr=0.05,
-        ...                    losses=cp.losses, accuracy=cp.verifier_accuracy)
+        ...     row = history.append(batch=3, stage=1, iteration=100, lr=0.05,
+        ...                          losses={"cross-entropy": 0.5, "tv-l2": 2000.0,
+        ...                                  "total": 0.7}, accuracy=None)
+        >>> row["tv-l2_weighted"]
+        0.2
     """
 
     def __init__(self, path: str | os.PathLike, weights: Mapping[str, float] | None = None, *,
@@ -225,7 +240,19 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Join several histories (e.g. one per torchrun rank) into ``out``, by batch and iteration.
 
     Example:
+        >>> from pathlib import Path
+        >>> out = Path("generations/merged")
+        >>> for rank in (0, 1):                 # rank r wrote batch r
+        ...     with LossHistory(out / f"losses.rank{rank}.csv") as history:
+        ...         _ = history.append(batch=rank, stage=1, iteration=100, lr=0.1,
+        ...                            losses={"total": 1.0 + rank})
         >>> merge([out / "losses.rank0.csv", out / "losses.rank1.csv"], out / "losses.csv")
+        PosixPath('generations/merged/losses.csv')
+        >>> print(open(out / "losses.csv").read())
+        batch,stage,iteration,lr,total,best_total,verifier_accuracy
+        0,1,100,0.1,1.0,,
+        1,1,100,0.1,2.0,,
+        <BLANKLINE>
     """
     header: list[str] = []
     rows: list[dict[str, str]] = []
@@ -256,8 +283,12 @@ def plot(csv_path: str | os.PathLike, png_path: str | os.PathLike,
     ``log`` (default: stderr) gets one line saying so, and ``None`` is returned.
 
     Example:
-        >>> plot("generations/digits/losses.csv", "generations/digits/losses.png")
-        PosixPath('generations/digits/losses.png')
+        >>> with LossHistory("generations/plot/losses.csv") as history:
+        ...     for iteration in (100, 200):
+        ...         _ = history.append(batch=0, stage=1, iteration=iteration, lr=0.1,
+        ...                            losses={"total": 2.0 - iteration / 200})
+        >>> plot("generations/plot/losses.csv", "generations/plot/losses.png")
+        PosixPath('generations/plot/losses.png')
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -370,6 +401,8 @@ class TensorBoardSink:
         >>> sink.append(checkpoint_row(batch=0, stage=1, iteration=100, lr=0.1,
         ...                            losses={"total": 1.0}))
         >>> sink.close()
+        >>> sorted(p.name for p in Path("generations/digits/tensorboard").iterdir())
+        ['batch_00000']
     """
 
     def __init__(self, log_dir: str | os.PathLike):

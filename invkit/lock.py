@@ -10,9 +10,10 @@ Take it before deciding anything about the directory's contents (``--overwrite``
 ``--resume``) and hold it for the whole run; under torchrun only rank 0 takes it.
 
 Example:
+    >>> from invkit.output import prepare_output_dir
     >>> with OutputLock("generations/digits"):
-    ...     prepare_output_dir("generations/digits", overwrite=True)
-    ...     ...  # generate; a second invkit on this directory is refused meanwhile
+    ...     out = prepare_output_dir("generations/digits", overwrite=True)
+    ...     # generate into out; a second invkit on this directory is refused meanwhile
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class OutputLock:
         >>> OutputLock("out").acquire()
         Traceback (most recent call last):
         invkit.errors.InvkitError: output directory 'out' is in use by another invkit
-        process (pid 4242 on host gpu1: invkit run deepinversion ...); wait for it to
-        finish, or choose another --output
+        process (pid ... on host ...: ...); wait for it to finish, or choose another
+        --output
         >>> lock.release()
     """
 

@@ -262,10 +262,16 @@ def finish(teacher: Teacher, inputs: torch.Tensor, targets: torch.Tensor,
     """A :class:`Generation` for final ``inputs``: images in [0, 1] and every prediction.
 
     Example:
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
+        >>> teacher = load_teacher("digits")
+        >>> x, targets = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
         >>> result = finish(teacher, x, targets, {"total": 0.5}, iterations=100,
         ...                 timings=[2.0])
         >>> result.its_per_s
         50.0
+        >>> result.images01.shape
+        torch.Size([2, 3, 32, 32])
     """
     import torch
 

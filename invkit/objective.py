@@ -5,7 +5,14 @@ Example:
     >>> objective = CrossEntropy() + 1e-4 * TotalVariation(p=2)
     >>> objective.describe()
     '1*cross-entropy + 0.0001*tv-l2'
-    >>> total, terms = objective(step)      # terms: {"cross-entropy": tensor, "tv-l2": tensor}
+    >>> import torch
+    >>> from invkit.teachers import load_teacher
+    >>> teacher = load_teacher("digits")
+    >>> x, targets = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    >>> step = Step(inputs=x, logits=teacher.module(x), targets=targets, teacher=teacher)
+    >>> total, terms = objective(step)
+    >>> sorted(terms)
+    ['cross-entropy', 'tv-l2']
 
 On the command line the same objective is ``--prior cross-entropy --prior tv-l2:1e-4``;
 :func:`parse_prior` reads one such ``NAME[:WEIGHT][,key=value...]`` entry.
@@ -364,6 +371,7 @@ def build_prior(spec, options: dict[str, Any] | Iterable[tuple[str, Any]] = ()) 
     :class:`InvkitError` line naming the prior and the plugin that provides it.
 
     Example:
+        >>> from invkit.registry import registry
         >>> build_prior(registry("prior").get("tv-l2")).name
         'tv-l2'
     """

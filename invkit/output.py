@@ -6,10 +6,15 @@ file either complete or absent, never half-written. That is what lets
 ``--resume`` trust whatever it finds.
 
 Example:
-    >>> out = prepare_output_dir("generations/test")
-    >>> save_png(out / "images" / class_dirname(7, 10, "seven") / "00000_000.png", image01)
+    >>> import torch
+    >>> images01 = torch.rand(10, 3, 32, 32)
+    >>> out = prepare_output_dir("generations/example")
+    >>> save_png(out / "images" / class_dirname(7, 10, "seven") / "00000_000.png", images01[0])
+    PosixPath('generations/example/images/007_seven/00000_000.png')
     >>> save_grid(out / "grid.png", images01)
-    >>> write_json(out / "run.json", {"config": {...}})
+    PosixPath('generations/example/grid.png')
+    >>> write_json(out / "run.json", {"config": {"seed": 0}})
+    PosixPath('generations/example/run.json')
 """
 
 from __future__ import annotations
@@ -82,7 +87,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     Tensors and numpy scalars become numbers or lists, paths and other objects strings.
 
     Example:
+        >>> import torch
         >>> write_json("out/run.json", {"seed": 0, "loss": torch.tensor(0.5)})
+        PosixPath('out/run.json')
+        >>> print(open("out/run.json").read())
+        {
+          "seed": 0,
+          "loss": 0.5
+        }
+        <BLANKLINE>
     """
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
     return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
@@ -92,6 +105,7 @@ def to_jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON data: dicts, lists, str, int, float, bool, None.
 
     Example:
+        >>> import torch
         >>> to_jsonable({"a": (1, 2), "t": torch.tensor([1.5])})
         {'a': [1, 2], 't': [1.5]}
     """
@@ -118,6 +132,7 @@ def to_uint8(images01):
     one written by torchvision hold the same bytes.
 
     Example:
+        >>> import torch
         >>> to_uint8(torch.full((3, 2, 2), 0.5)).unique()
         tensor([128], dtype=torch.uint8)
     """
@@ -132,6 +147,7 @@ def png_bytes(image01) -> bytes:
     """Encode one image (``(C, H, W)``, C = 1 or 3, float in [0, 1] or uint8) as PNG bytes.
 
     Example:
+        >>> import torch
         >>> png_bytes(torch.rand(3, 32, 32))[:4]
         b'\\x89PNG'
     """
@@ -151,7 +167,9 @@ def save_png(path: str | os.PathLike, image01) -> Path:
     """Save one image (``(3, H, W)`` in [0, 1]) as a PNG file, atomically.
 
     Example:
+        >>> import torch
         >>> save_png("out/images/007_seven/00000_000.png", torch.rand(3, 32, 32))
+        PosixPath('out/images/007_seven/00000_000.png')
     """
     return atomic_write_bytes(path, png_bytes(image01))
 
@@ -162,7 +180,9 @@ def save_grid(path: str | os.PathLike, images01, nrow: int | None = None, paddin
     ``nrow`` is the number of images per row (default: a near-square grid).
 
     Example:
+        >>> import torch
         >>> save_grid("out/grid.png", torch.rand(84, 3, 32, 32))   # a 10 x 9 grid
+        PosixPath('out/grid.png')
     """
     from torchvision.utils import make_grid
 
@@ -210,6 +230,7 @@ def is_invkit_run(path: str | os.PathLike) -> bool:
     first thing by every run (before any image), as a JSON object with a ``plan``.
 
     Example:
+        >>> _ = write_json("generations/digits/state/run.json", {"plan": "..."})
         >>> is_invkit_run("generations/digits"), is_invkit_run("Pictures")
         (True, False)
     """
@@ -225,6 +246,8 @@ def foreign_entries(path: str | os.PathLike) -> list[str]:
     """The names in ``path`` that no invkit run writes (sorted): what ``--overwrite`` keeps.
 
     Example:
+        >>> _ = write_json("generations/digits/state/run.json", {"plan": "..."})
+        >>> _ = atomic_write_bytes("generations/digits/notes.txt", b"mine")
         >>> foreign_entries("generations/digits")
         ['notes.txt']
     """
@@ -249,7 +272,14 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, resume:
 
     Example:
         >>> prepare_output_dir("generations/test")                  # new, or empty
+        PosixPath('generations/test')
+        >>> _ = write_json("generations/test/state/run.json", {"plan": "..."})
         >>> prepare_output_dir("generations/test", overwrite=True)  # replace an earlier run
+        PosixPath('generations/test')
+        >>> _ = atomic_write_bytes("generations/notes.txt", b"mine")
+        >>> prepare_output_dir("generations/notes.txt")
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: output path 'generations/notes.txt' exists and is not a directory
     """
     if not str(path).strip():
         raise InvkitError("the output path is empty: pass --output DIR")
@@ -290,9 +320,10 @@ def check_writable(directory: str | os.PathLike) -> None:
     """Raise ``OSError`` unless a file can be created in ``directory`` (read-only disks too).
 
     Example:
-        >>> check_writable("/proc")
+        >>> check_writable(".")
+        >>> check_writable("no/such/directory")
         Traceback (most recent call last):
-        PermissionError: [Errno 13] Permission denied: '/proc/...'
+        FileNotFoundError: [Errno 2] No such file or directory: '.../no/such/directory/...'
     """
     fd, probe = tempfile.mkstemp(dir=directory, prefix=".invkit-write-test.")
     os.close(fd)
@@ -341,8 +372,11 @@ def next_free_dir(path: str | os.PathLike) -> Path:
     same moment may be offered the same directory (the refusal still protects them).
 
     Example:
-        >>> next_free_dir("generations/digits")      # generations/digits holds a run
-        PosixPath('generations/digits-2')
+        >>> next_free_dir("generations/cifar")       # missing: free
+        PosixPath('generations/cifar')
+        >>> _ = write_json("generations/cifar/state/run.json", {"plan": "..."})
+        >>> next_free_dir("generations/cifar")       # generations/cifar holds a run
+        PosixPath('generations/cifar-2')
     """
     path = Path(path)
     if not path.name:  # ".", "/" or "dir/..": number the directory itself

@@ -65,7 +65,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
     Example:
         >>> pm = get_plugin_manager()
-        >>> pm.register(my_plugin_module, name="my-plugin")   # e.g. in a test
+        >>> class MyPlugin:                                 # hook implementations
+        ...     pass
+        >>> pm.register(MyPlugin(), name="my-plugin")     # e.g. in a test
+        'my-plugin'
+        >>> _ = pm.unregister(name="my-plugin")
     """
     pm = pluggy.PluginManager("invkit")
     pm.add_hookspecs(hookspecs)

@@ -11,15 +11,20 @@ prints one plain, labelled line per reported checkpoint instead.
 Batches are numbered from 1 everywhere (``batch 1/2``). A new batch or stage clears
 the previous losses, so nothing stale is shown.
 
-Example:
-    >>> with ProgressDisplay(quiet=False) as progress:
-    ...     progress.start_task("stage 1/2", total=2000)
-    ...     for i in range(2000):
+Example (quiet, printing to stdout; the default is a live display on stderr):
+    >>> import sys
+    >>> from rich.console import Console
+    >>> with ProgressDisplay(quiet=True, console=Console(file=sys.stdout)) as progress:
+    ...     progress.start_task("stage 1/2", total=200)
+    ...     for i in range(200):
     ...         progress.advance()                       # cheap: no device values
     ...         if (i + 1) % 100 == 0:
     ...             progress.report({"total": 1.2, "bn-stats": 30.0}, accuracy=0.9,
     ...                             weights={"bn-stats": 0.01})
     ...     progress.batch_summary({"total": 1.1, "best_total": 1.0}, accuracy=0.93)
+    stage 1/2 100/200 ... it/s ETA ... loss 1.2 verifier 90.0% | weighted: bn-stats 0.3
+    stage 1/2 200/200 ... it/s ETA 0:00:00 loss 1.2 verifier 90.0% | weighted: bn-stats 0.3
+    saved the lowest-loss iterate: loss 1 (last 1.1), verifier 93.0%
 """
 
 from __future__ import annotations
@@ -136,7 +141,9 @@ class ProgressDisplay:
     ``accuracy_label`` names the accuracy (``"verifier"``; ``"test"`` for distillation).
 
     Example:
-        >>> display = ProgressDisplay(quiet=True)
+        >>> import sys
+        >>> from rich.console import Console
+        >>> display = ProgressDisplay(quiet=True, console=Console(file=sys.stdout))
         >>> with display:
         ...     display.start_task("stage 1/1", total=10)
         ...     display.advance(10)
@@ -251,6 +258,13 @@ class ProgressDisplay:
         images. Printed as one line in both modes.
 
         Example:
+            >>> import sys
+            >>> from rich.console import Console
+            >>> from invkit.pipeline.plan import plan_batches
+            >>> plan = plan_batches(num_classes=10, batch_size=5, num_batches=2, seed=0)
+            >>> display = ProgressDisplay(quiet=True, console=Console(file=sys.stdout))
+            >>> display.batch_start(plan[0], done=0, total=2)
+            batch 1/2: 5 images, seed ...
             >>> display.batch_summary({"total": 4.72, "best_total": 4.1}, accuracy=0.2,
             ...                       teacher_accuracy=1.0)
             batch 1/2 saved the lowest-loss iterate: loss 4.1 (last 4.72), teacher 100.0%, verifier 20.0%

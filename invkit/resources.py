@@ -11,7 +11,7 @@ Example:
     >>> check_memory(need, "an inversion batch at 100000 px", device="cpu")
     Traceback (most recent call last):
     invkit.errors.InvkitError: an inversion batch at 100000 px needs about 725.8 TB of
-    memory but only 20.2 GB is available (RAM); lower the batch size or resolution
+    memory but only ... is available (RAM); lower the batch size or resolution
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def available_bytes(device: str | None = "cpu") -> tuple[int | None, str]:
     available RAM (``os.sysconf``; ``None`` when the system does not report it).
 
     Example:
-        >>> available_bytes("cpu")
-        (20193763328, 'RAM')
+        >>> free, source = available_bytes("cpu")
+        >>> source, free > 0
+        ('RAM', True)
     """
     if device and str(device).startswith("cuda"):
         import torch

@@ -112,8 +112,12 @@ class Teacher:
     """A ready classifier: the module (in eval mode) and its metadata.
 
     Example:
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
         >>> teacher = load_teacher("digits")          # see invkit.teachers
-        >>> logits = teacher.module(teacher.normalize(images01))
+        >>> images01 = torch.rand(2, 3, 32, 32)       # two images in [0, 1]
+        >>> teacher.module(teacher.normalize(images01)).shape
+        torch.Size([2, 10])
     """
 
     module: nn.Module
@@ -162,8 +166,10 @@ class TeacherSpec:
     name the source understands, or a file path.
 
     Example:
+        >>> def make_tiny(weights=None): ...      # returns a Teacher
         >>> TeacherSpec("tiny", "a 2-layer test net", factory=make_tiny,
-        ...             source="mine", input_size=32, num_classes=10)
+        ...             source="mine", input_size=32, num_classes=10).input_size
+        32
     """
 
     name: str
@@ -186,8 +192,10 @@ class PriorSpec:
     """A named loss term. ``factory(**options)`` returns an :class:`invkit.objective.Prior`.
 
     Example:
+        >>> from invkit.priors import TotalVariation
         >>> PriorSpec("tv-l2", "total variation, L2", factory=TotalVariation,
-        ...           default_weight=1e-4, options=())
+        ...           default_weight=1e-4, options=()).default_weight
+        0.0001
     """
 
     name: str
@@ -214,7 +222,10 @@ class ScheduleSpec:
     for ``"plan"`` it returns a tuple of :class:`Stage`.
 
     Example:
-        >>> ScheduleSpec("constant", "constant rate", factory=lambda: (lambda i, n: 1.0), kind="lr")
+        >>> spec = ScheduleSpec("constant", "constant rate",
+        ...                     factory=lambda: (lambda i, n: 1.0), kind="lr")
+        >>> spec.factory()(0, 100)
+        1.0
     """
 
     name: str
@@ -233,7 +244,9 @@ class VerifierSpec:
     of named figures (for example ``{"top1": 0.93}``).
 
     Example:
-        >>> VerifierSpec("top1", "top-1 accuracy of a classifier", factory=TopK)
+        >>> from invkit.verifiers import TopKAccuracy
+        >>> VerifierSpec("top1", "top-1 accuracy of a classifier", factory=TopKAccuracy).name
+        'top1'
     """
 
     name: str
@@ -310,6 +323,13 @@ class MethodSpec:
     - ``needs_batchnorm``: the method cannot invert a teacher without BatchNorm layers.
 
     Example:
+        >>> from dataclasses import dataclass
+        >>> from invkit.methods import option
+        >>> @dataclass(frozen=True)
+        ... class NoiseOptions:
+        ...     iterations: int = option(100, "optimisation steps", min=1)
+        >>> def make_noise_generator(teacher, objective, *, config, student=None,
+        ...                          verifier=None): ...    # returns a generator
         >>> MethodSpec("noise", "optimise noise", factory=make_noise_generator,
         ...            options=NoiseOptions, default_priors=("cross-entropy",)).name
         'noise'

@@ -6,6 +6,8 @@ flags for prior weights (:class:`invkit.specs.PriorFlag`). Flag names and the me
 that name them live here, not in the pipeline.
 
 Example:
+    >>> from click.testing import CliRunner
+    >>> from invkit.registry import registry
     >>> command = method_command(registry("method").get("deepinversion"))
     >>> CliRunner().invoke(command, ["--teacher", "digits", "--dry-run"]).exit_code
     0

@@ -35,10 +35,10 @@ def run_method(method: str = "deepinversion", options: Any = None, **request: An
 
     Example:
         >>> from invkit_plugins.deepinversion import DIOptions
-        >>> summary = run_method("deepinversion", DIOptions(iterations=200),
-        ...                      teacher="digits", num_batches=2, output="out/di")
+        >>> summary = run_method("deepinversion", DIOptions(iterations=2), teacher="digits",
+        ...                      bs=4, num_batches=2, output="out/di", quiet=True)
         >>> summary["num_images"]
-        200
+        8
     """
     from invkit.pipeline.execute import execute
 

@@ -1,9 +1,13 @@
 """Run a resolved run: load the networks, build the method's generator, write the dataset.
 
 Example:
-    >>> summary = execute(resolve_run(RunRequest(teacher="digits", images_per_class=10)))
+    >>> from invkit.pipeline import RunRequest, resolve_run
+    >>> from invkit_plugins.deepinversion import DIOptions
+    >>> request = RunRequest(teacher="digits", images_per_class=1, bs=5, output="out/digits",
+    ...                      quiet=True)
+    >>> summary = execute(resolve_run(request, DIOptions(iterations=2)))
     >>> summary["num_images"]
-    100
+    10
 """
 
 from __future__ import annotations

@@ -11,10 +11,14 @@
     state/           resume state (see :mod:`invkit.pipeline.state`)
 
 Example:
+    >>> from invkit.pipeline.plan import plan_batches
+    >>> plan = plan_batches(num_classes=10, batch_size=4, images_per_class=1)
     >>> layout = Layout(Path("out"), plan, fmt="png", shard_size=1024, num_classes=10,
     ...                 class_names=None)
     >>> layout.image_file(plan[0], 0)
     'images/000/00000_000.png'
+    >>> layout.image_file(plan[1], 0)
+    'images/004/00001_000.png'
 """
 
 from __future__ import annotations
@@ -46,8 +50,13 @@ class GeneratedBatch:
     else for run.json (stage timings, it/s...).
 
     Example:
-        >>> GeneratedBatch(images01, torch.tensor(batch.targets), pred, conf, None,
-        ...                losses={"total": 0.8}, stats={"it_per_s": 31.0})
+        >>> import torch
+        >>> targets = torch.tensor([0, 1, 2])
+        >>> images01, conf = torch.rand(3, 3, 32, 32), torch.ones(3)
+        >>> batch = GeneratedBatch(images01, targets, targets, conf, None,
+        ...                        losses={"total": 0.8}, stats={"it_per_s": 31.0})
+        >>> batch.losses
+        {'total': 0.8}
     """
 
     images01: Any

@@ -26,6 +26,7 @@ class Batch:
 
     Example:
         >>> Batch(index=0, targets=(0, 1, 2), seed=123)
+        Batch(index=0, targets=(0, 1, 2), seed=123)
     """
 
     index: int

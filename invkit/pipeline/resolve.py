@@ -148,6 +148,9 @@ def prior_requests(spec: MethodSpec, preset: Preset | None,
     the method's shorthand flags (``--r-feature``...), in that order of precedence.
 
     Example:
+        >>> from invkit.objective import parse_prior
+        >>> from invkit.registry import registry
+        >>> spec = registry("method").get("deepinversion")
         >>> [r.name for r in prior_requests(spec, None, RunRequest(no_default_priors=True,
         ...     priors=(parse_prior("tv-l2"),)))]
         ['tv-l2']

@@ -6,11 +6,15 @@ resume). Either way :class:`RunInterrupted` is raised (exit code 130 for SIGINT,
 SIGTERM) with the command that resumes the run.
 
 Example:
+    >>> from invkit.pipeline.plan import plan_batches
+    >>> plan = plan_batches(num_classes=10, batch_size=4, images_per_class=1)
     >>> stop = StopSignal()
     >>> with stop.installed():
     ...     for batch in plan:
     ...         if stop.requested:
     ...             break
+    >>> stop.requested
+    False
 """
 
 from __future__ import annotations

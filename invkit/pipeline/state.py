@@ -7,7 +7,14 @@ record exists. ``--resume`` compares the identity and refuses any difference, na
 every setting that differs with its full old and new values.
 
 Example:
-    >>> done = start(layout, settings_for(identity, layout), resume=True, overwrite=False)
+    >>> from pathlib import Path
+    >>> from invkit.pipeline.plan import plan_batches
+    >>> plan = plan_batches(num_classes=10, batch_size=4, images_per_class=1)
+    >>> layout = Layout(Path("out"), plan, fmt="png", shard_size=1024, num_classes=10,
+    ...                 class_names=None)
+    >>> identity = {"method": "example"}      # a run's identity, as a dict
+    >>> start(layout, settings_for(identity, layout), resume=True, overwrite=False)
+    set()
 """
 
 from __future__ import annotations

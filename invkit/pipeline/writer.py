@@ -53,11 +53,22 @@ def generate_dataset(batches: Sequence[Batch], generate: Callable[[Batch], Gener
     does), so that gloo's threads cannot abort a finished worker.
 
     Example:
-        >>> plan = plan_batches(num_classes=10, batch_size=84, images_per_class=100, seed=0)
-        >>> summary = generate_dataset(plan, generate_one, Path("generations/digits"),
-        ...                            config=identity, num_classes=10, class_names=names)
+        >>> import torch
+        >>> from pathlib import Path
+        >>> from invkit.pipeline.layout import GeneratedBatch
+        >>> from invkit.pipeline.plan import plan_batches
+        >>> def generate_one(batch):              # a stand-in for a method's generator
+        ...     targets = torch.tensor(batch.targets)
+        ...     return GeneratedBatch(torch.rand(len(targets), 3, 8, 8), targets, targets,
+        ...                           torch.ones(len(targets)), None, losses={"total": 0.5})
+        >>> plan = plan_batches(num_classes=10, batch_size=4, images_per_class=1, seed=0)
+        >>> summary = generate_dataset(plan, generate_one, Path("generations/fake"),
+        ...                            config={"method": "fake"}, num_classes=10,
+        ...                            class_names=None)
         >>> summary["num_images"]
-        1000
+        10
+        >>> sorted(p.name for p in Path("generations/fake").iterdir())
+        ['grid.png', 'images', 'manifest.jsonl', 'run.json', 'state']
     """
     if fmt not in FORMATS:
         raise InvkitError(f"unknown format {fmt!r} (valid: {', '.join(FORMATS)})")

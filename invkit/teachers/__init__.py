@@ -23,8 +23,11 @@ is built with ``weights="none"`` and the file is read by
 Example:
     >>> teacher = load_teacher("digits")
     >>> save_teacher(teacher, "my_digits.safetensors")
+    PosixPath('my_digits.safetensors')
     >>> again = load_teacher("checkpoint:my_digits.safetensors")   # arch from the metadata
-    >>> check_verifier(teacher, load_teacher("digits-verifier"))
+    >>> again.meta.arch, again.meta.weights
+    ('digits', 'my_digits.safetensors')
+    >>> check_verifier(teacher, load_teacher("digits-verifier"))   # None: a fit pair
 """
 
 from __future__ import annotations
@@ -68,10 +71,12 @@ def load_teacher(spec: str | None, arch: str | None = None, weights: str | None 
     Every user error is an :class:`InvkitError` with a one-line message.
 
     Example:
-        >>> load_teacher("resnet18", weights="none").meta.num_classes
-        1000
-        >>> load_teacher("checkpoint:r18.pth", arch="resnet18").meta.weights
-        'r18.pth'
+        >>> load_teacher("digits", weights="none").meta.num_classes
+        10
+        >>> save_teacher(load_teacher("digits"), "digits.safetensors")
+        PosixPath('digits.safetensors')
+        >>> load_teacher("checkpoint:digits.safetensors", arch="digits").meta.weights
+        'digits.safetensors'
     """
     if not spec:
         if not arch:
@@ -110,8 +115,11 @@ def find_teacher(spec: str | None, arch: str | None = None) -> TeacherSpec | Non
     ``checkpoint:PATH`` without ``arch`` (the file itself names its architecture).
 
     Example:
+        >>> find_teacher("digits").name
+        'digits'
         >>> find_teacher("resnet5")
-        InvkitError: unknown teacher 'resnet5'; did you mean: resnet50, resnet34, ...
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: unknown teacher 'resnet5'; did you mean: resnet50, ...
     """
     name = spec or arch
     if not name:

@@ -11,8 +11,17 @@
   teacher's metadata (arch, input size, mean/std, classes): see :func:`read_metadata`.
 
 Example:
+    >>> import torch
+    >>> from invkit.teachers import load_teacher
+    >>> trained = load_teacher("digits").module
+    >>> checkpoint = {"epoch": 90, "state_dict": {f"module.{k}": v       # DataParallel
+    ...                                           for k, v in trained.state_dict().items()}}
+    >>> torch.save(checkpoint, "model_best.pth.tar")
     >>> state = read_state_dict("model_best.pth.tar")
-    >>> load_into(torchvision.models.resnet50(), state, source="model_best.pth.tar")
+    >>> network = load_into(load_teacher("digits", weights="none").module, state,
+    ...                     source="model_best.pth.tar")
+    >>> torch.equal(network.fc.weight, trained.fc.weight)
+    True
 """
 
 from __future__ import annotations
@@ -78,6 +87,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file ({} for other files or none).
 
     Example:
+        >>> from invkit.teachers import load_teacher, save_teacher
+        >>> save_teacher(load_teacher("digits"), "digits.safetensors")
+        PosixPath('digits.safetensors')
         >>> read_metadata("digits.safetensors")["arch"]
         'digits'
     """
@@ -102,8 +114,11 @@ def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
     ``weights_only=True`` unless ``trust`` is set.
 
     Example:
-        >>> sorted(read_state_dict("resnet18.pth"))[:2]
-        ['bn1.bias', 'bn1.running_mean']
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
+        >>> torch.save(load_teacher("digits").module.state_dict(), "digits.pth")
+        >>> sorted(read_state_dict("digits.pth"))[:2]
+        ['bn1.bias', 'bn1.num_batches_tracked']
     """
     path = Path(path)
     _check_exists(path)
@@ -188,6 +203,8 @@ def strip_prefixes(state: Mapping[str, torch.Tensor], expected: set[str]
     keys that match ``expected``; keys already matching are never changed.
 
     Example:
+        >>> import torch
+        >>> t = torch.zeros(10)
         >>> sorted(strip_prefixes({"module.fc.bias": t}, {"fc.bias"}))
         ['fc.bias']
     """
@@ -243,7 +260,18 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: s
     :class:`InvkitError` naming the keys.
 
     Example:
-        >>> load_into(resnet18(), read_state_dict("r18.pth"), source="r18.pth", arch="resnet18")
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
+        >>> torch.save(load_teacher("digits").module.state_dict(), "digits.pth")
+        >>> network = load_teacher("digits", weights="none").module
+        >>> network = load_into(network, read_state_dict("digits.pth"), source="digits.pth",
+        ...                     arch="digits")
+        >>> del network.fc.bias                         # a network with one key fewer
+        >>> load_into(network, read_state_dict("digits.pth"), source="digits.pth",
+        ...           arch="digits")
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: weights digits.pth do not fit digits: 1 unexpected (fc.bias)
+        - is it a checkpoint of another architecture? (choose it with --arch)
     """
     target = module.state_dict()
     expected = set(target)

@@ -7,7 +7,16 @@ training code (``shortcut`` for the projection, ``linear`` for the classifier) a
 renamed on load, so they work as they are.
 
 Example:
-    >>> teacher = load_teacher("cifar-resnet34", weights="resnet34_cifar10.pth")
+    >>> import torch
+    >>> from invkit.teachers import load_teacher
+    >>> network = load_teacher("cifar-resnet18", weights="none").module
+    >>> # A checkpoint of the common CIFAR training code: "shortcut" and "linear" layers.
+    >>> state = {k.replace("downsample", "shortcut").replace("fc.", "linear."): v
+    ...          for k, v in network.state_dict().items()}
+    >>> torch.save(state, "resnet18_cifar10.pth")
+    >>> teacher = load_teacher("cifar-resnet18", weights="resnet18_cifar10.pth")
+    >>> teacher.meta.input_size, teacher.meta.class_names[:3]
+    (32, ('airplane', 'automobile', 'bird'))
 """
 
 from __future__ import annotations

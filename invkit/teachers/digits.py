@@ -16,7 +16,7 @@ their metadata in ``data/``.
 Example:
     >>> images01, labels = digits_dataset("heldout")
     >>> images01.shape, labels[:5].tolist()
-    (torch.Size([450, 3, 32, 32]), [2, 8, 2, 6, 6])
+    (torch.Size([450, 3, 32, 32]), [1, 4, 8, 6, 5])
 """
 
 from __future__ import annotations

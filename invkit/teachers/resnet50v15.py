@@ -6,8 +6,10 @@ under ``state_dict`` with ``module.``-prefixed keys; :mod:`invkit.teachers.check
 unwraps and strips them. The default file is ``./models/resnet50v15/model_best.pth.tar``
 (relative to the working directory); ``--weights FILE`` points elsewhere.
 
-Example:
-    >>> teacher = load_teacher("resnet50v15", weights="downloads/model_best.pth.tar")
+Example (not run as a test: it needs NVIDIA's downloaded checkpoint)::
+
+    from invkit import load_teacher
+    teacher = load_teacher("resnet50v15", weights="downloads/model_best.pth.tar")
 """
 
 from __future__ import annotations

@@ -10,7 +10,14 @@ each of ``P``, ``Q``, ``M`` clamped to [0.01, 0.99]::
 Minimising it moves the images to where teacher and student disagree.
 
 Example:
-    >>> objective = CrossEntropy() + 0.2 * Competition(student="resnet18")
+    >>> from invkit import CrossEntropy, load_teacher
+    >>> objective = CrossEntropy() + 0.2 * Competition(student="digits-verifier")
+    >>> teacher = load_teacher("digits")
+    >>> x, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    >>> with objective.attached(Setup(teacher)):       # loads the student
+    ...     total, terms = objective(Step(x, teacher.module(x), targets, teacher))
+    >>> sorted(terms)
+    ['adi', 'cross-entropy']
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ def student_view(step: Step, student: Teacher) -> torch.Tensor:
     student trained with other channel statistics needs its own normalisation.
 
     Example:
-        >>> student_view(step, student).shape[-1] == student.meta.input_size
+        >>> from invkit import load_teacher
+        >>> teacher, student = load_teacher("digits"), load_teacher("digits-verifier")
+        >>> step = Step(torch.randn(2, 3, 16, 16), None, torch.tensor([0, 1]), teacher)
+        >>> student_view(step, student).shape[-1] == student.meta.input_size   # 16 -> 32 px
         True
     """
     x, teacher, size = step.inputs, step.teacher, student.meta.input_size

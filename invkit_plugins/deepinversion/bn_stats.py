@@ -10,10 +10,15 @@ with ``m_l = first_bn_multiplier`` for the first BN layer in module order and 1 
 rest.
 
 Example:
+    >>> from invkit import load_teacher
+    >>> teacher = load_teacher("digits")
+    >>> x, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     >>> prior = BNStats(first_bn_multiplier=10.0)
     >>> with (0.01 * prior).attached(Setup(teacher)):
     ...     logits = teacher.module(x)          # the hooks record every layer's term
     ...     loss = prior(Step(x, logits, targets, teacher))
+    >>> loss.dim(), bool(loss > 0)
+    (0, True)
 """
 
 from __future__ import annotations
@@ -60,7 +65,10 @@ class BNStats(Prior):
     recent forward pass.
 
     Example:
+        >>> from invkit import CrossEntropy
         >>> objective = CrossEntropy() + 0.01 * BNStats(first_bn_multiplier=10)
+        >>> objective.describe()
+        '1*cross-entropy + 0.01*bn-stats(first_bn_multiplier=10)'
     """
 
     def __init__(self, first_bn_multiplier: float = 10.0):

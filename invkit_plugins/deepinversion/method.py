@@ -111,6 +111,8 @@ class Pixels:
     Built once per batch on the device: the loop's mapping is one multiply-add.
 
     Example:
+        >>> from invkit import load_teacher
+        >>> teacher = load_teacher("digits")
         >>> pixels = Pixels.for_teacher(teacher, grayscale=True)
         >>> x = pixels.noise(4, 32, torch.Generator().manual_seed(0))   # (4, 1, 32, 32)
         >>> pixels.to_input(x).shape
@@ -176,9 +178,13 @@ class DeepInversion:
     This class is the method's factory: core calls it with the configured ``config``.
 
     Example:
-        >>> di = DeepInversion(teacher, objective, config=DIConfig(iterations=200, jitter=2))
+        >>> from invkit import load_teacher
+        >>> teacher = load_teacher("digits")
+        >>> di = DeepInversion(teacher, default_objective(),
+        ...                    config=DIConfig(iterations=10, jitter=2))
         >>> result = di.generate([3, 1, 4], seed=0)
         >>> result.images01.shape, sorted(result.losses)
+        (torch.Size([3, 3, 32, 32]), ['best_total', 'bn-stats', 'cross-entropy', 'l2', 'total', 'tv-l2'])
     """
 
     def __init__(self, teacher: Teacher, objective: Objective | None = None, *,
