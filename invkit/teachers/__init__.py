@@ -136,6 +136,8 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
         if file_metadata is None:
             file_metadata = checkpoint.read_metadata(path)
         teacher = _call_factory(record, "none")
+        # A pruned network (invkit prune): resize its layers to the recorded widths first.
+        checkpoint.apply_pruned_structure(teacher.module, file_metadata, source=str(path))
         checkpoint.load_into(teacher.module, state, source=str(path), arch=record.name,
                              rename=_renamer(record.name))
         meta = dataclasses.replace(teacher.meta, weights=str(path))
