@@ -238,10 +238,6 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
     if output is None:
         output = Path("pruned") / f"{_slug(teacher_net.name)}-{importance}"
     _refuse_taken(output, ("pruned.safetensors", "prune.json"), overwrite)
-    goal = (f"{100 * target_macs:g}% of its MACs" if target_macs is not None
-            else f"{100 * amount:g}% fewer channels")
-    click.echo(f"pruning {teacher_net.name} to {goal} ({importance}, {steps} steps) on "
-               f"{images.shape[0]} images from {len(data)} dir(s)", err=True)
     with ProgressDisplay(quiet=quiet) as progress:
         result = prune(teacher_net, images, targets, config=config, test=test, progress=progress)
     output.mkdir(parents=True, exist_ok=True)

@@ -407,6 +407,8 @@ def taylor_terms(teacher: Teacher, pruned: Teacher, images: torch.Tensor,
 
     def watch(name):
         def hook(module, inputs, output):
+            if not output.requires_grad:
+                return  # a no-grad pass (the teacher's, when it is the same module)
             value = output.detach()
 
             def on_grad(grad):
@@ -571,6 +573,11 @@ def prune(teacher: Teacher, images: torch.Tensor, targets: torch.Tensor | None =
     plan = plan_schedule(teacher, config, ignored_names, original, macs_before,
                          macs_model(teacher, graph, groups, original))
 
+    if progress is not None:
+        goal = (f"{100 * config.target_macs:g}% of its MACs" if config.target_macs is not None
+                else f"{100 * config.amount:g}% fewer channels")
+        progress.log(f"pruning {teacher.name} to {goal} ({config.importance}, {len(plan)} "
+                     f"steps) on {images.shape[0]} images")
     pruned = Teacher(module=copy.deepcopy(teacher.module), meta=teacher.meta,
                      name=f"{teacher.name}-pruned")
     for p in pruned.module.parameters():
