@@ -72,8 +72,10 @@ def eval_command(directory, verifier, verifier_weights, trust_checkpoint, batch_
 @teacher_options
 @click.option("--student", required=True, metavar="SPEC",
               help="The student architecture: any teacher spec (trained from scratch).")
-@click.option("--student-weights", default="none", show_default=True, metavar="WEIGHTS",
-              help="Initial student weights ('none' = random initialisation).")
+@click.option("--student-weights", default=None, metavar="WEIGHTS",
+              help="Initial student weights ('none' = random initialisation) [default: "
+                   "none; a checkpoint:PATH student, e.g. a pruned network, starts from "
+                   "its file's weights].")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Generated images (ImageFolder or shard dir); repeat to combine several.")
 @click.option("--test-data", default=None, metavar="DIR|digits",
@@ -133,6 +135,8 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
     teacher_net = _load(teacher, arch=arch, weights=weights, trust_checkpoint=trust_checkpoint,
                         device=device)
     _seed_torch(seed)  # the student's random initialisation
+    if student_weights is None and not student.startswith("checkpoint:"):
+        student_weights = "none"
     student_net = _load(student, weights=student_weights, device=device)
     if output is None:
         output = Path("students") / f"{_slug(student_net.name)}-from-{_slug(teacher_net.name)}"

@@ -49,10 +49,13 @@ Example:
     >>> from invkit.data import load_image_dataset, load_test_data
     >>> teacher = load_teacher("digits")
     >>> images, targets = load_image_dataset(["data/digits-1k"])
-    >>> result = prune(teacher, images, targets, PruneConfig(target_macs=0.5),
+    >>> result = prune(teacher, images, targets, config=PruneConfig(target_macs=0.5),
     ...                test=load_test_data("digits"))
-    >>> round(result.macs_after / result.macs_before, 2), result.accuracy["finetuned"]
-    (0.5, 0.996)
+    >>> result.macs_after <= 0.5 * result.macs_before
+    True
+    >>> sorted(result.accuracy)
+    ['before', 'finetuned', 'pruned']
+    >>> path = save_pruned(result, "pruned/digits-50")   # then --teacher checkpoint:PATH
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ from invkit.errors import InvkitError
 from invkit.output import write_json
 from invkit.progress import ProgressDisplay
 from invkit.specs import Teacher
-from invkit.teachers.checkpoint import PRUNED_KEY
+from invkit.teachers.checkpoint import PRUNED_KEY, changed_layers
 
 IMPORTANCES = ("taylor-kl", "magnitude")
 WEIGHTS_FILE = "pruned.safetensors"
@@ -103,8 +106,9 @@ class PruneConfig:
     Exactly one of ``target_macs`` (the fraction of the teacher's MACs to keep, e.g. 0.5)
     and ``amount`` (the fraction of prunable channels to remove, e.g. 0.3) is given.
     ``steps`` pruning steps, each followed (except the last) by ``step_epochs`` of
-    distillation; then ``finetune`` (a :class:`~invkit.distill.DistillConfig`, its
-    ``epochs`` may be 0 for no fine-tuning). ``max_layer_amount`` caps the fraction of
+    distillation; then ``finetune_epochs`` of it (0: none) with the settings of
+    ``finetune`` (a :class:`~invkit.distill.DistillConfig`, whose own ``epochs`` is not
+    used; also the seed and temperature of the Taylor-KL estimate). ``max_layer_amount`` caps the fraction of
     any group's channels removed (a layer is never emptied). ``importance_samples``
     passes over the images (with fresh sampled classes) per Taylor-KL estimate.
 
@@ -191,7 +195,7 @@ def count_macs(module: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 
     Example:
         >>> count_macs(load_teacher("digits").module, torch.zeros(1, 3, 32, 32))
-        (6912512, 78026)
+        (3598986, 78330)
     """
     tp = require_torch_pruning()
     was_training = module.training
@@ -243,7 +247,6 @@ def build_graph(teacher: Teacher, module: nn.Module | None = None):
 
 def prunable_groups(graph, ignored: list[nn.Module]) -> dict[str, object]:
     """The groups of coupled channels, keyed by the name of each group's root layer."""
-    tp = require_torch_pruning()
     names = {m: n for n, m in graph.model.named_modules()}
     groups = {}
     for group in graph.get_all_groups(ignored_layers=ignored,
@@ -255,7 +258,6 @@ def prunable_groups(graph, ignored: list[nn.Module]) -> dict[str, object]:
     if not groups:
         raise InvkitError("the teacher has no prunable channels (no conv or linear layer "
                           "besides the classifier that torch-pruning can shrink)")
-    del tp
     return groups
 
 
@@ -487,27 +489,14 @@ def group_scores(graph, groups: dict[str, object], config: PruneConfig,
 
 
 def pruned_structure(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
-    """The conv, linear and BatchNorm layers whose shape pruning changed, by module name.
+    """The conv, linear and BatchNorm layers whose shape pruning changed, by module name
+    (:func:`invkit.teachers.checkpoint.changed_layers`).
 
     Example:
         >>> pruned_structure(teacher.module, result.pruned.module)["conv1"]
         {'type': 'Conv2d', 'in': 3, 'out': 11, 'groups': 1}
     """
-    before = {n: _shape(m) for n, m in original.named_modules()}
-    return {name: shape for name, module in pruned.named_modules()
-            if (shape := _shape(module)) is not None and shape != before.get(name)}
-
-
-def _shape(module: nn.Module) -> dict | None:
-    if isinstance(module, nn.Conv2d):
-        return {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels,
-                "groups": module.groups}
-    if isinstance(module, nn.Linear):
-        return {"type": "Linear", "in": module.in_features, "out": module.out_features}
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return {"type": type(module).__name__, "in": module.num_features,
-                "out": module.num_features}
-    return None
+    return changed_layers(original, pruned)
 
 
 def save_pruned(result: PruneResult, out_dir: Path | str, extra: dict | None = None) -> Path:

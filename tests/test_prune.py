@@ -210,8 +210,18 @@ def test_cli_prune_digits_end_to_end(invoke, tmp_path):
     assert set(record["accuracy"]) == {"before", "pruned", "finetuned"}
     assert record["accuracy"]["before"] == pytest.approx(0.9978, abs=1e-4)
     assert record["images"] == 30 and "checkpoint:" in result.output
-    pruned = load_teacher(f"checkpoint:{out / 'pruned.safetensors'}")
-    assert pruned.module.conv1.out_channels < 16
+    spec = f"checkpoint:{out / 'pruned.safetensors'}"
+    pruned = load_teacher(spec)
+    width = pruned.module.conv1.out_channels
+    assert width < 16
+
+    # The pruned network as a verifier, and as a student that starts from its weights.
+    assert invoke("eval", str(tmp_path / "data"), "--verifier-arch", spec, "-q").exit_code == 0
+    student = invoke("distill", "--teacher", "digits", "--student", spec, "--data",
+                     str(tmp_path / "data"), "--epochs", "1", "-o", str(tmp_path / "s"), "-q")
+    assert student.exit_code == 0, student.output
+    again_student = load_teacher(f"checkpoint:{tmp_path / 's' / 'student.safetensors'}")
+    assert again_student.module.conv1.out_channels == width
 
     again = invoke(*args)
     assert again.exit_code == 2 and "--overwrite" in again.output

@@ -304,6 +304,32 @@ def apply_pruned_structure(module: nn.Module, metadata: Mapping[str, str] | None
     return module
 
 
+def changed_layers(reference: nn.Module, module: nn.Module) -> dict[str, dict]:
+    """The conv, linear and BatchNorm layers of ``module`` whose widths differ from the same
+    layers of ``reference`` (its architecture as built), by module name: what
+    :func:`apply_pruned_structure` needs to rebuild it.
+
+    Example:
+        >>> changed_layers(DigitsResNet(), pruned_net)["conv1"]
+        {'type': 'Conv2d', 'in': 3, 'out': 11, 'groups': 1}
+    """
+    before = {n: _layer_shape(m) for n, m in reference.named_modules()}
+    return {name: shape for name, layer in module.named_modules()
+            if (shape := _layer_shape(layer)) is not None and shape != before.get(name)}
+
+
+def _layer_shape(layer: nn.Module) -> dict | None:
+    if isinstance(layer, nn.Conv2d):
+        return {"type": "Conv2d", "in": layer.in_channels, "out": layer.out_channels,
+                "groups": layer.groups}
+    if isinstance(layer, nn.Linear):
+        return {"type": "Linear", "in": layer.in_features, "out": layer.out_features}
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return {"type": type(layer).__name__, "in": layer.num_features,
+                "out": layer.num_features}
+    return None
+
+
 def _resize(layer: nn.Module, shape: Mapping) -> None:
     kind, cin, cout = shape["type"], int(shape["in"]), int(shape["out"])
     if type(layer).__name__ != kind:
