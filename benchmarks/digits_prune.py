@@ -6,7 +6,8 @@ importance criteria (``taylor-kl``, ``magnitude``), and tested on the real held-
 digits (450 images no network trained on). Rows, by the images the pipeline sees (for
 the Taylor-KL estimate and for the fine-tuning by distillation):
 
-- no fine-tuning: pruned in the same steps, on the DeepInversion images, no distillation;
+- no fine-tuning: pruned in one step (importance from the DeepInversion images), no
+  distillation;
 - DeepInversion: 1,000 images of ``invkit run deepinversion --teacher digits
   --images-per-class 100`` (the shipped digits preset), generated once (or ``--data``);
 - Gaussian noise: 1,000 images of noise in the teacher's input space (lower bound);
@@ -57,9 +58,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/digits_prune"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--step-epochs", type=int, default=1)
-    parser.add_argument("--finetune-epochs", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
     parser.add_argument("--resume", action="store_true", help="keep rows already measured")
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
@@ -84,13 +86,16 @@ def gaussian_noise(teacher, n: int, seed: int) -> torch.Tensor:
 
 def run_one(teacher, images, targets, test, target, importance, finetune: bool, args) -> dict:
     config = PruneConfig(
-        target_macs=target, importance=importance, steps=args.steps,
+        # Without fine-tuning, one shot: re-estimating on a network damaged by the
+        # previous step and not repaired measured worse (taylor-kl at 50% MACs, seed 0, on
+        # the first 400 of the images: 12.2% in 4 steps, 30.9% in one).
+        target_macs=target, importance=importance, steps=args.steps if finetune else 1,
         step_epochs=args.step_epochs if finetune else 0,
         finetune_epochs=args.finetune_epochs if finetune else 0,
         finetune=DistillConfig(lr=args.lr, flip=False, seed=args.seed))
     started = time.perf_counter()
     result = prune(teacher, images, targets, config=config, test=test)
-    return {"test_acc": result.accuracy["finetuned" if finetune else "pruned"],
+    return {"test_acc": result.accuracy.get("finetuned", result.accuracy["pruned"]),
             "before": result.accuracy["before"], "macs_ratio": result.macs_after / result.macs_before,
             "params_ratio": result.params_after / result.params_before,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -115,8 +120,10 @@ def main(argv=None) -> None:
         data["noise"] = (gaussian_noise(teacher, 1000, args.seed), None)
     if "real" in args.sources:
         data["real"] = digits_dataset("train")
-    for source in args.sources:
-        for target in TARGETS:
+    # 50% of the MACs first (the target row), the key comparisons first within it.
+    order = [s for s in ("deepinversion", "real", "none", "noise") if s in args.sources]
+    for target in args.targets:
+        for source in order:
             for importance in IMPORTANCES:
                 key = f"{source}/{target}/{importance}"
                 if key in rows:

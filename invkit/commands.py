@@ -173,7 +173,8 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
                    "the teacher, on the images) or magnitude (L2 norm of the weights).")
 @click.option("--steps", default=4, show_default=True, type=click.IntRange(min=1),
               help="Pruning steps (equal steps of MACs); the importance is re-estimated "
-                   "at each.")
+                   "at each, after --step-epochs of distillation. Without any distillation "
+                   "use 1: re-estimating on an unrepaired network ranks worse.")
 @click.option("--step-epochs", default=1, show_default=True, type=click.IntRange(min=0),
               help="Distillation epochs between steps.")
 @click.option("--finetune-epochs", default=20, show_default=True, type=click.IntRange(min=0),
