@@ -235,6 +235,11 @@ def build_graph(teacher: Teacher, module: nn.Module | None = None):
     blank input; a network the tracer cannot follow is a one-line error."""
     tp = require_torch_pruning()
     module = teacher.module if module is None else module
+    # The tracer follows the autograd graph: frozen weights (a teacher after distill()
+    # has requires_grad off) would leave it nothing to follow.
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
     try:
         return tp.DependencyGraph().build_dependency(module, example_inputs=_example(teacher))
     except InvkitError:
@@ -243,6 +248,9 @@ def build_graph(teacher: Teacher, module: nn.Module | None = None):
         text = " ".join(str(error).split())[:160]
         raise InvkitError(f"torch-pruning cannot trace teacher {teacher.name!r} to find its "
                           f"coupled channels ({type(error).__name__}: {text})") from None
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def prunable_groups(graph, ignored: list[nn.Module]) -> dict[str, object]:

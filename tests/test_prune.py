@@ -147,12 +147,15 @@ def test_target_macs_is_reached_in_steps_and_the_checkpoint_loads_back(tmp_path)
 
 def test_amount_removes_that_fraction_of_every_group():
     teacher = _small_digits(widths=(8, 8, 16))
+    for p in teacher.module.parameters():
+        p.requires_grad_(False)  # as distill() leaves a teacher: still traceable
     images, _ = _digits_images(16)
     result = prune(teacher, images, config=PruneConfig(amount=0.5, steps=1, finetune_epochs=0))
     module = result.pruned.module
     assert (module.conv1.out_channels, module.layers[0].conv1.out_channels,
             module.layers[2].conv2.out_channels) == (4, 4, 8)
     assert module.fc.out_features == 10  # the classes are never pruned
+    assert not any(p.requires_grad for p in teacher.module.parameters())
 
 
 def test_unreachable_target_and_bad_data_are_one_line_errors():
