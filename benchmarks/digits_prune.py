@@ -8,8 +8,9 @@ the Taylor-KL estimate and for the fine-tuning by distillation):
 
 - no fine-tuning: pruned in one step (importance from the DeepInversion images), no
   distillation;
-- DeepInversion: 1,000 images of ``invkit run deepinversion --teacher digits
-  --images-per-class 100`` (the shipped digits preset), generated once (or ``--data``);
+- DeepInversion: the 1,000 images of ``invkit run deepinversion --teacher digits
+  --images-per-class 100`` (the shipped digits preset), generated once (or ``--data``
+  with existing ones);
 - Gaussian noise: 1,000 images of noise in the teacher's input space (lower bound);
 - real: the 1,347 real training digits (upper bound).
 
@@ -44,9 +45,9 @@ from invkit.teachers.digits import digits_dataset
 TARGETS = (0.5, 0.25)
 IMPORTANCES = ("taylor-kl", "magnitude")
 SOURCES = ("none", "deepinversion", "noise", "real")
-LABELS = {"none": "no fine-tuning", "deepinversion": "fine-tuned on 1,000 DeepInversion images",
-          "noise": "fine-tuned on 1,000 Gaussian-noise images (lower bound)",
-          "real": "fine-tuned on the 1,347 real training digits (upper bound)"}
+LABELS = {"none": "no fine-tuning", "deepinversion": "fine-tuned on the DeepInversion images",
+          "noise": "fine-tuned on Gaussian noise (lower bound)",
+          "real": "fine-tuned on the real training digits (upper bound)"}
 
 
 def parse_args(argv=None):
@@ -96,7 +97,8 @@ def run_one(teacher, images, targets, test, target, importance, finetune: bool, 
     started = time.perf_counter()
     result = prune(teacher, images, targets, config=config, test=test)
     return {"test_acc": result.accuracy.get("finetuned", result.accuracy["pruned"]),
-            "before": result.accuracy["before"], "macs_ratio": result.macs_after / result.macs_before,
+            "before": result.accuracy["before"],
+            "macs_ratio": result.macs_after / result.macs_before,
             "params_ratio": result.params_after / result.params_before,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -107,7 +109,9 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     record_path = args.out / f"prune_seed{args.seed}.json"
-    rows = json.loads(record_path.read_text())["rows"] if args.resume and record_path.exists() else {}
+    rows = {}
+    if args.resume and record_path.exists():
+        rows = json.loads(record_path.read_text())["rows"]
     teacher = load_teacher("digits")
     test = load_test_data("digits")
     needs_di = {"none", "deepinversion"} & set(args.sources)
@@ -131,6 +135,7 @@ def main(argv=None) -> None:
                 images, targets = data[source]
                 rows[key] = run_one(teacher, images, targets, test, target, importance,
                                     source != "none", args)
+                rows[key]["images"] = int(images.shape[0])
                 print(f"{key}: {100 * rows[key]['test_acc']:.2f}% "
                       f"(MACs {100 * rows[key]['macs_ratio']:.1f}%, "
                       f"{rows[key]['seconds']} s)", flush=True)
@@ -152,7 +157,11 @@ def print_table(rows: dict, args) -> None:
             for importance in IMPORTANCES:
                 row = rows.get(f"{source}/{target}/{importance}")
                 cells.append(f"{100 * row['test_acc']:.2f}%" if row else "-")
-        print(f"| {LABELS[source]} | " + " | ".join(cells) + " |")
+        counts = {r["images"] for k, r in rows.items()
+                  if k.startswith(source + "/") and "images" in r}
+        label = LABELS[source] + (f" ({', '.join(map(str, sorted(counts)))} images)"
+                                  if counts and source != "none" else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

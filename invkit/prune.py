@@ -108,9 +108,10 @@ class PruneConfig:
     ``steps`` pruning steps, each followed (except the last) by ``step_epochs`` of
     distillation; then ``finetune_epochs`` of it (0: none) with the settings of
     ``finetune`` (a :class:`~invkit.distill.DistillConfig`, whose own ``epochs`` is not
-    used; also the seed and temperature of the Taylor-KL estimate). ``max_layer_amount`` caps the fraction of
-    any group's channels removed (a layer is never emptied). ``importance_samples``
-    passes over the images (with fresh sampled classes) per Taylor-KL estimate.
+    used; also the seed and temperature of the Taylor-KL estimate). ``max_layer_amount``
+    caps the fraction of any group's channels removed (a layer is never emptied).
+    ``importance_samples`` passes over the images (with fresh sampled classes) per
+    Taylor-KL estimate.
 
     Example:
         >>> PruneConfig(target_macs=0.5, importance="magnitude", finetune_epochs=20)
