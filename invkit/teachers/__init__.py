@@ -251,6 +251,8 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
         if file_metadata is None:
             file_metadata = checkpoint.read_metadata(path)
         teacher = _call_factory(record, "none", input_size)
+        # A pruned network (invkit prune): resize its layers to the recorded widths first.
+        checkpoint.apply_pruned_structure(teacher.module, file_metadata, source=str(path))
         checkpoint.load_into(teacher.module, state, source=str(path), arch=record.name,
                              rename=_renamer(record.name))
         meta = dataclasses.replace(teacher.meta, weights=str(path))
@@ -358,7 +360,9 @@ def save_teacher(teacher: Teacher, path: str | os.PathLike,
     """Write ``teacher``'s weights and metadata to a safetensors file, atomically.
 
     ``load_teacher("checkpoint:PATH")`` loads it back without ``--arch``; ``extra``
-    adds string metadata (e.g. accuracies).
+    adds string metadata (e.g. accuracies). A network whose layer widths differ from its
+    architecture's (pruned by ``invkit prune``, then perhaps distilled further) records
+    them, so it loads back at those widths.
 
     Example:
         >>> save_teacher(load_teacher("digits"), "digits_copy.safetensors")
@@ -367,9 +371,25 @@ def save_teacher(teacher: Teacher, path: str | os.PathLike,
     from invkit.output import atomic_write_bytes
     from invkit.teachers import checkpoint
 
+    extra = {**_changed_widths(teacher), **(extra or {})}
     data = checkpoint.state_dict_bytes(teacher.module,
                                        checkpoint.teacher_metadata(teacher.meta, extra))
     return atomic_write_bytes(path, data)
+
+
+def _changed_widths(teacher: Teacher) -> dict[str, str]:
+    """``{"pruned": ...}`` when ``teacher``'s layers are narrower than its architecture's
+    (compared with a fresh, randomly initialised build), else ``{}``."""
+    import json
+
+    from invkit.teachers import checkpoint
+
+    try:
+        reference = _call_factory(_record(teacher.meta.arch), "none").module
+    except InvkitError:
+        return {}  # an architecture no plugin provides: nothing to compare with
+    changed = checkpoint.changed_layers(reference, teacher.module)
+    return {checkpoint.PRUNED_KEY: json.dumps(changed)} if changed else {}
 
 
 def check_verifier(teacher: Teacher, verifier: Teacher) -> None:

@@ -9,6 +9,9 @@
   unpickling is refused unless the caller passes ``trust=True`` (``--trust-checkpoint``).
 - safetensors files written by :func:`invkit.teachers.save_teacher` carry the
   teacher's metadata (arch, input size, mean/std, classes): see :func:`read_metadata`.
+- A network pruned by ``invkit prune`` also records its changed layer widths
+  (``pruned`` metadata): :func:`apply_pruned_structure` resizes the freshly built
+  architecture to them before the weights are loaded, so no code is unpickled.
 
 Example:
     >>> import torch
@@ -26,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -301,6 +305,90 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: s
     with torch.no_grad():
         module.load_state_dict(full, strict=True)
     return module
+
+
+#: The metadata key of a pruned network's changed layer widths (see invkit.prune).
+PRUNED_KEY = "pruned"
+
+
+def apply_pruned_structure(module: nn.Module, metadata: Mapping[str, str] | None, *,
+                           source: str = "checkpoint") -> nn.Module:
+    """Resize ``module``'s conv, linear and BatchNorm layers to the widths a pruned file
+    records (``metadata["pruned"]``: ``{name: {"type", "in", "out"[, "groups"]}}``); a file
+    without that key leaves ``module`` unchanged. The new tensors are uninitialised: the
+    caller loads the file's weights into them (which checks every shape).
+
+    Example:
+        >>> apply_pruned_structure(net, {"pruned": '{"conv1": {"type": "Conv2d", "in": 3, '
+        ...                              '"out": 11, "groups": 1}}'})
+    """
+    if not metadata or PRUNED_KEY not in metadata:
+        return module
+    try:
+        structure = json.loads(metadata[PRUNED_KEY])
+        layers = dict(module.named_modules())
+        for name, shape in structure.items():
+            if name not in layers:
+                raise KeyError(f"no layer {name!r} in the network")
+            _resize(layers[name], shape)
+    except (KeyError, ValueError, TypeError) as error:
+        raise InvkitError(f"{source}: its pruned structure does not fit the network "
+                          f"({_short(error)})") from None
+    return module
+
+
+def changed_layers(reference: nn.Module, module: nn.Module) -> dict[str, dict]:
+    """The conv, linear and BatchNorm layers of ``module`` whose widths differ from the same
+    layers of ``reference`` (its architecture as built), by module name: what
+    :func:`apply_pruned_structure` needs to rebuild it.
+
+    Example:
+        >>> changed_layers(DigitsResNet(), pruned_net)["conv1"]
+        {'type': 'Conv2d', 'in': 3, 'out': 11, 'groups': 1}
+    """
+    before = {n: _layer_shape(m) for n, m in reference.named_modules()}
+    return {name: shape for name, layer in module.named_modules()
+            if (shape := _layer_shape(layer)) is not None and shape != before.get(name)}
+
+
+def _layer_shape(layer: nn.Module) -> dict | None:
+    if isinstance(layer, nn.Conv2d):
+        return {"type": "Conv2d", "in": layer.in_channels, "out": layer.out_channels,
+                "groups": layer.groups}
+    if isinstance(layer, nn.Linear):
+        return {"type": "Linear", "in": layer.in_features, "out": layer.out_features}
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return {"type": type(layer).__name__, "in": layer.num_features,
+                "out": layer.num_features}
+    return None
+
+
+def _resize(layer: nn.Module, shape: Mapping) -> None:
+    kind, cin, cout = shape["type"], int(shape["in"]), int(shape["out"])
+    if type(layer).__name__ != kind:
+        raise TypeError(f"layer is a {type(layer).__name__}, the file says {kind}")
+    empty = functools.partial(torch.empty, device=_device_of(layer))
+    if isinstance(layer, nn.Conv2d):
+        layer.in_channels, layer.out_channels = cin, cout
+        layer.groups = int(shape.get("groups", layer.groups))
+        layer.weight = nn.Parameter(empty(cout, cin // layer.groups, *layer.kernel_size))
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(empty(cout))
+    elif isinstance(layer, nn.Linear):
+        layer.in_features, layer.out_features = cin, cout
+        layer.weight = nn.Parameter(empty(cout, cin))
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(empty(cout))
+    elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        layer.num_features = cout
+        if layer.affine:
+            layer.weight, layer.bias = nn.Parameter(empty(cout)), nn.Parameter(empty(cout))
+        if layer.track_running_stats:
+            layer.running_mean, layer.running_var = empty(cout), empty(cout)
+
+
+def _device_of(layer: nn.Module) -> torch.device:
+    return next((p.device for p in layer.parameters()), torch.device("cpu"))
 
 
 def teacher_metadata(meta, extra: Mapping[str, str] | None = None) -> dict[str, str]:
