@@ -17,7 +17,8 @@ accuracy on the old classes (0-4), the new ones (5-9) and all ten.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/digits_extend.py --seed 0
-    python benchmarks/digits_extend.py --seed 0 --epochs 30 -- --lr 0.02   # flags after --
+    OMP_NUM_THREADS=1 python benchmarks/digits_extend.py --seed 0 --iterations 400  # README's
+    python benchmarks/digits_extend.py --seed 0 --epochs 20 -- --lr 0.01   # flags after --
                                                                             # go to 'invkit extend'
 
 The teacher (``OUT/seed<S>/teacher04.safetensors``) and the replay images
@@ -61,7 +62,7 @@ def parse_args(argv=None):
     parser.add_argument("--images-per-class", type=int, default=200)
     parser.add_argument("--iterations", type=int, default=None,
                         help="DeepInversion iterations [default: the digits preset's 800]")
-    parser.add_argument("--epochs", type=int, default=30, help="'invkit extend' epochs")
+    parser.add_argument("--epochs", type=int, default=12, help="'invkit extend' epochs")
     parser.add_argument("--teacher-epochs", type=int, default=40)
     parser.add_argument("--fresh", action="store_true",
                         help="retrain the teacher and regenerate the replay images")

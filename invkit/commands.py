@@ -183,13 +183,23 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
               help="The replay KL compares the teacher with the old classes' share of the "
                    "softmax over all classes (also pushes new classes off old images), or with "
                    "a softmax over the old logits alone.")
+@click.option("--replay-ce-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of a cross-entropy over all classes on the replay images, with the "
+                   "teacher's predicted class as the label.")
+@click.option("--new-ce", type=click.Choice(["all", "new"]), default="all", show_default=True,
+              help="Cross-entropy on the new images over all classes, or over the new classes' "
+                   "logits alone.")
+@click.option("--backbone-lr-scale", default=1.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Learning rate of every layer but the head, as a multiple of --lr "
+                   "(0 freezes them, BatchNorm statistics included).")
 @click.option("--no-distill", is_flag=True,
               help="Plain fine-tuning: cross-entropy on the new images only (forgets the old "
                    "classes; a baseline).")
-@click.option("--temperature", "-T", default=2.0, show_default=True, type=float,
+@click.option("--temperature", "-T", default=1.0, show_default=True, type=float,
               help="Softmax temperature of the KL terms (scaled by T^2).")
 @click.option("--lr", default=None, type=float,
-              help="Peak learning rate, cosine-decayed to 0 [default: 0.01 sgd, 0.001 adam].")
+              help="Peak learning rate, cosine-decayed to 0 [default: 0.003 sgd, 0.0003 adam].")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
               help="SGD with Nesterov momentum, or Adam.")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float,
@@ -208,8 +218,9 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar: plain lines per epoch.")
 def extend_command(teacher, arch, weights, trust_checkpoint, new_data, replay, test_data, output,
                    overwrite, epochs, batch_size, replay_batch_size, ce_weight, replay_weight,
-                   lwf_weight, replay_softmax, no_distill, temperature, lr, optimizer, weight_decay, padding,
-                   flip, head, seed, device, quiet):
+                   lwf_weight, replay_softmax, replay_ce_weight, new_ce, backbone_lr_scale,
+                   no_distill, temperature,
+                   lr, optimizer, weight_decay, padding, flip, head, seed, device, quiet):
     """Add new classes to a trained network without its old data (data-free continual
     learning): the teacher's head is widened to old + new classes and trained with
     cross-entropy on the new images, plus KL to the teacher's outputs on replay images
@@ -235,7 +246,7 @@ def extend_command(teacher, arch, weights, trust_checkpoint, new_data, replay, t
         raise InvkitError("no teacher given: pass --teacher SPEC (see 'invkit teachers list')")
     replay_dirs = _replay_dirs(replay, no_distill)
     if lr is None:
-        lr = 1e-3 if optimizer == "adam" else 0.01
+        lr = 3e-4 if optimizer == "adam" else 3e-3
     _prepare(output, overwrite, names=(WEIGHTS_FILE, REPORT_FILE), create=False)
     teacher_net = _load(teacher, arch=arch, weights=weights, trust_checkpoint=trust_checkpoint,
                         device=device)
@@ -247,7 +258,8 @@ def extend_command(teacher, arch, weights, trust_checkpoint, new_data, replay, t
                                padding=padding, flip=flip, seed=seed, device=device),
         ce_weight=ce_weight, replay_weight=replay_weight, lwf_weight=lwf_weight,
         distill=not no_distill, replay_batch_size=replay_batch_size, head=head,
-        replay_softmax=replay_softmax)
+        replay_softmax=replay_softmax, replay_ce_weight=replay_ce_weight, new_ce=new_ce,
+        backbone_lr_scale=backbone_lr_scale)
     find_head(teacher_net.module, teacher_net.meta.num_classes, head)  # before any output
     new = load_new_classes(new_data, teacher_net)
     replay_images = load_replay(replay_dirs, teacher_net) if replay_dirs else None

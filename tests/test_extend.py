@@ -109,7 +109,8 @@ def test_old_share_kd_penalises_new_class_mass():
     assert kd_loss(z[:, :2], teacher_logits[:1], 2.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["finetune", "lwf", "replay", "replay-old-softmax"])
+@pytest.mark.parametrize("mode", ["finetune", "lwf", "replay", "replay-old-softmax",
+                                  "replay-ce-local"])
 def test_first_epoch_loss_is_the_documented_sum(mode):
     """One step over every image: the recorded loss is the loss at the initial weights."""
     teacher = names_teacher()
@@ -118,7 +119,9 @@ def test_first_epoch_loss_is_the_documented_sum(mode):
     replay = torch.randint(0, 256, (5, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(2),
                            dtype=torch.uint8) if replaying else None
     config = quick(batch_size=64, distill=mode != "finetune", lwf_weight=0.5, replay_weight=2.0,
-                   ce_weight=1.5, replay_softmax="old" if mode.endswith("softmax") else "all")
+                   ce_weight=1.5, replay_softmax="old" if mode.endswith("softmax") else "all",
+                   replay_ce_weight=0.7 if mode.endswith("local") else 0.0,
+                   new_ce="new" if mode.endswith("local") else "all")
     torch.manual_seed(3)
     result = extend(teacher, new, replay, config=config)
     torch.manual_seed(3)
@@ -131,7 +134,8 @@ def test_first_epoch_loss_is_the_documented_sum(mode):
         logits = net.module(net.prepare(x))
         old = teacher.module(teacher.prepare(x))
     b = new.images.shape[0]
-    ce = F.cross_entropy(logits[:b], new.targets + 10)
+    ce = (F.cross_entropy(logits[:b, 10:], new.targets) if mode.endswith("local")
+          else F.cross_entropy(logits[:b], new.targets + 10))
     expected = {"ce": ce.item()}
     loss = 1.5 * ce
     if mode != "finetune":
@@ -139,13 +143,18 @@ def test_first_epoch_loss_is_the_documented_sum(mode):
         expected["lwf_kd"] = lwf.item()
         loss = loss + 0.5 * lwf
     if replaying:
-        rep = (old_share_kd(logits[b:], old[b:], 2.0) if mode == "replay"
-               else kd_loss(logits[b:, :10], old[b:], 2.0))
+        rep = (kd_loss(logits[b:, :10], old[b:], 2.0) if mode.endswith("softmax")
+               else old_share_kd(logits[b:], old[b:], 2.0))
         expected["replay_kd"] = rep.item()
         loss = loss + 2.0 * rep
+    if mode.endswith("local"):
+        replay_ce = F.cross_entropy(logits[b:], old[b:].argmax(1))
+        expected["replay_ce"] = replay_ce.item()
+        loss = loss + 0.7 * replay_ce
     record = result.history[0]
-    assert result.mode == mode.removesuffix("-old-softmax")
-    assert set(expected) | {"loss"} == set(record) & {"loss", "ce", "lwf_kd", "replay_kd"}
+    assert result.mode == mode.split("-")[0]
+    assert set(expected) | {"loss"} == set(record) & {"loss", "ce", "lwf_kd", "replay_kd",
+                                                       "replay_ce"}
     for key, value in {**expected, "loss": loss.item()}.items():
         assert record[key] == pytest.approx(value, rel=1e-4), key
 
@@ -169,6 +178,15 @@ def test_extend_trains_reports_splits_and_leaves_the_teacher_alone():
     assert 0 <= result.teacher_test_acc_old <= 1
     assert all(torch.equal(before[k], v) for k, v in teacher.module.state_dict().items())
     assert not result.network.module.training
+
+
+def test_frozen_backbone_trains_the_head_only():
+    teacher = names_teacher()
+    result = extend(teacher, _new_classes(), None, config=quick(backbone_lr_scale=0.0))
+    before, after = teacher.module.state_dict(), result.network.module.state_dict()
+    changed = {k for k in before if not k.startswith("7.") and not torch.equal(before[k], after[k])}
+    assert changed == set()  # convolutions and BatchNorm statistics (running means) kept
+    assert not torch.equal(after["7.weight"][:10], before["7.weight"])  # the head trained
 
 
 def test_fine_tuning_with_replay_is_refused():
