@@ -1,7 +1,8 @@
 """Built-in top-level commands contributed through the ``invkit_commands`` hook:
 ``invkit eval`` (how recognisable generated images are), ``invkit distill``
-(data-free knowledge distillation on them) and ``invkit prune`` (data-free channel
-pruning, :mod:`invkit.prune`).
+(data-free knowledge distillation on them), ``invkit prune`` (data-free channel
+pruning, :mod:`invkit.prune`) and ``invkit extend`` (data-free continual learning: new
+classes added to a network, its old ones kept by replaying generated images).
 
 Example::
 
@@ -270,7 +271,7 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
     test = load_test_data(test_data, size=teacher_net.meta.input_size) if test_data else None
     if output is None:
         output = Path("pruned") / f"{_slug(teacher_net.name)}-{importance}"
-    _refuse_taken(output, ("pruned.safetensors", "prune.json"), overwrite)
+    _prepare(output, overwrite, names=("pruned.safetensors", "prune.json"), create=False)
     with ProgressDisplay(quiet=quiet) as progress:
         result = prune(teacher_net, images, targets, config=config, test=test, progress=progress)
     output.mkdir(parents=True, exist_ok=True)
@@ -288,14 +289,159 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
     click.echo(line)
 
 
-def _refuse_taken(output: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """Refuse to write over a previous result unless --overwrite (checked before any work)."""
+@click.command("extend")
+@teacher_options
+@click.option("--new-data", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Real images of the classes to add: an ImageFolder, one folder per new "
+                   "class, named by class (the names go into the network's metadata).")
+@click.option("--replay", "replay", multiple=True, metavar="DIR|none",
+              help="Images generated from the teacher (e.g. by 'invkit run deepinversion'), "
+                   "replayed with a KL term to keep the old classes; repeat to combine "
+                   "several; 'none' for the LwF-only baseline. Required unless --no-distill.")
+@click.option("--test-data", default=None, metavar="DIR|digits",
+              help="Real test images of old and/or new classes (matched by class name), or "
+                   "'digits' (the held-out digits split); evaluated after every epoch.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Where to write extended.safetensors and extend.json.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory's files.")
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Passes over the new-class images.")
+@click.option("--batch-size", "--bs", default=64, show_default=True, type=click.IntRange(min=1),
+              help="New-class images per step.")
+@click.option("--replay-batch-size", default=None, type=click.IntRange(min=1),
+              help="Replay images per step [default: --batch-size].")
+@click.option("--ce-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the cross-entropy (all classes) on the new-class images.")
+@click.option("--replay-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of T^2 KL(teacher || network's old classes) on the replay images.")
+@click.option("--lwf-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the same KL on the new-class images (Learning without Forgetting).")
+@click.option("--replay-softmax", type=click.Choice(["all", "old"]), default="all",
+              show_default=True,
+              help="The replay KL compares the teacher with the old classes' share of the "
+                   "softmax over all classes (also pushes new classes off old images), or with "
+                   "a softmax over the old logits alone.")
+@click.option("--replay-ce-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of a cross-entropy over all classes on the replay images, with the "
+                   "teacher's predicted class as the label.")
+@click.option("--new-ce", type=click.Choice(["all", "new"]), default="all", show_default=True,
+              help="Cross-entropy on the new images over all classes, or over the new classes' "
+                   "logits alone.")
+@click.option("--backbone-lr-scale", default=1.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Learning rate of every layer but the head, as a multiple of --lr "
+                   "(0 freezes them, BatchNorm statistics included).")
+@click.option("--no-distill", is_flag=True,
+              help="Plain fine-tuning: cross-entropy on the new images only (forgets the old "
+                   "classes; a baseline).")
+@click.option("--temperature", "-T", default=1.0, show_default=True, type=float,
+              help="Softmax temperature of the KL terms (scaled by T^2).")
+@click.option("--lr", default=None, type=float,
+              help="Peak learning rate, cosine-decayed to 0 [default: 0.003 sgd, 0.0003 adam].")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
+              help="SGD with Nesterov momentum, or Adam.")
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
+              help="L2 weight decay.")
+@click.option("--padding", default=None, type=click.IntRange(min=0),
+              help="Random-crop padding in pixels [default: input size / 8].")
+@click.option("--flip/--no-flip", default=None,
+              help="Random horizontal flips [default: on, off for digits teachers].")
+@click.option("--head", default=None, metavar="NAME",
+              help="The classification layer to widen (dotted name, e.g. fc or classifier.1) "
+                   "[default: the last nn.Linear].")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the new head rows, shuffling and augmentation.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where training runs (cpu, cuda, cuda:1, ...).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar: plain lines per epoch.")
+def extend_command(teacher, arch, weights, trust_checkpoint, new_data, replay, test_data, output,
+                   overwrite, epochs, batch_size, replay_batch_size, ce_weight, replay_weight,
+                   lwf_weight, replay_softmax, replay_ce_weight, new_ce, backbone_lr_scale,
+                   no_distill, temperature,
+                   lr, optimizer, weight_decay, padding, flip, head, seed, device, quiet):
+    """Add new classes to a trained network without its old data (data-free continual
+    learning): the teacher's head is widened to old + new classes and trained with
+    cross-entropy on the new images, plus KL to the teacher's outputs on replay images
+    generated from it and on the new images.
+
+    \b
+    Example:
+      invkit run deepinversion --teacher checkpoint:old.safetensors --preset digits \\
+          --images-per-class 200 --output generations/old
+      invkit extend --teacher checkpoint:old.safetensors --new-data real/new \\
+          --replay generations/old --test-data real/test --epochs 20 -o extended/
+    """
+    from invkit.distill import DistillConfig
+    from invkit.errors import InvkitError
+    from invkit.extend import (
+        REPORT_FILE, WEIGHTS_FILE, ExtendConfig, combined_names, extend, load_extend_test,
+        load_new_classes, load_replay, save_extended,
+    )
+    from invkit.progress import ProgressDisplay
+    from invkit.teachers.heads import find_head
+
+    if teacher is None and arch is None:
+        raise InvkitError("no teacher given: pass --teacher SPEC (see 'invkit teachers list')")
+    replay_dirs = _replay_dirs(replay, no_distill)
+    if lr is None:
+        lr = 3e-4 if optimizer == "adam" else 3e-3
+    _prepare(output, overwrite, names=(WEIGHTS_FILE, REPORT_FILE), create=False)
+    teacher_net = _load(teacher, arch=arch, weights=weights, trust_checkpoint=trust_checkpoint,
+                        device=device)
+    if flip is None:
+        flip = teacher_net.meta.family != "digits"  # digits are not mirror-invariant
+    config = ExtendConfig(
+        training=DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                               weight_decay=weight_decay, temperature=temperature,
+                               padding=padding, flip=flip, seed=seed, device=device),
+        ce_weight=ce_weight, replay_weight=replay_weight, lwf_weight=lwf_weight,
+        distill=not no_distill, replay_batch_size=replay_batch_size, head=head,
+        replay_softmax=replay_softmax, replay_ce_weight=replay_ce_weight, new_ce=new_ce,
+        backbone_lr_scale=backbone_lr_scale)
+    find_head(teacher_net.module, teacher_net.meta.num_classes, head)  # before any output
+    new = load_new_classes(new_data, teacher_net)
+    replay_images = load_replay(replay_dirs, teacher_net) if replay_dirs else None
+    names = combined_names(teacher_net, new)
+    test = (load_extend_test(test_data, names, size=teacher_net.meta.input_size)
+            if test_data else None)
+    _prepare(output, overwrite, names=(WEIGHTS_FILE, REPORT_FILE))
+    _seed_torch(seed)  # the new head rows' initialisation
+    replayed = f", {replay_images.shape[0]} replay images" if replay_images is not None else ""
+    click.echo(f"extending {teacher_net.name} ({teacher_net.meta.num_classes} classes) by "
+               f"{len(new.names)}: {', '.join(new.names)} ({new.images.shape[0]} images"
+               f"{replayed}), {epochs} epochs", err=True)
+    with ProgressDisplay(quiet=quiet) as progress:
+        result = extend(teacher_net, new, replay_images, config=config, test=test,
+                        progress=progress)
+    path = save_extended(result, output, teacher_net, extra={
+        "new_data": str(new_data), "replay": [str(d) for d in replay_dirs] or None,
+        "new_images": int(new.images.shape[0]),
+        "replay_images": int(replay_images.shape[0]) if replay_images is not None else 0,
+        "test_data": test_data})
+    line = f"extended network saved to {path} (use it as --teacher checkpoint:{path})"
+    final = result.final
+    if final.get("test_acc") is not None:
+        parts = [f"{label} {100 * final[k]:.2f}%" for label, k in
+                 (("all", "test_acc"), ("old", "test_acc_old"), ("new", "test_acc_new"))
+                 if final.get(k) is not None]
+        line += "; test accuracy " + ", ".join(parts)
+    click.echo(line)
+
+
+def _replay_dirs(replay: tuple[str, ...], no_distill: bool) -> list[Path]:
+    """The --replay directories ([] for 'none'), checked against --no-distill."""
     from invkit.errors import InvkitError
 
-    taken = [name for name in names if (output / name).exists()]
-    if taken and not overwrite:
-        raise InvkitError(f"output directory {str(output)!r} already holds {taken[0]}; "
-                          "pass --overwrite to replace it or choose another --output")
+    if any(r.lower() == "none" for r in replay) and len(replay) > 1:
+        raise InvkitError("--replay none cannot be combined with replay directories")
+    dirs = [Path(r) for r in replay if r.lower() != "none"]
+    if no_distill and dirs:
+        raise InvkitError("--no-distill is plain fine-tuning on the new data only: drop "
+                          "--replay (or pass --replay none)")
+    if not replay and not no_distill:
+        raise InvkitError("pass --replay DIR (images generated from the teacher) or "
+                          "--replay none (the LwF-only baseline)")
+    return dirs
 
 
 def _seed_torch(seed: int) -> None:
@@ -309,20 +455,24 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "model"
 
 
-def _prepare(output: Path, overwrite: bool) -> None:
-    """Refuse to mix a new student into an old run directory unless --overwrite."""
+def _prepare(output: Path, overwrite: bool,
+             names: tuple[str, ...] = ("student.safetensors", "distill.json"),
+             create: bool = True) -> None:
+    """Refuse to mix a new result into an old run directory unless --overwrite
+    (``create=False``: check only, before any slow work)."""
     from invkit.errors import InvkitError
 
     if not str(output).strip():
         raise InvkitError("the output path is empty: pass --output DIR")
     if output.exists() and not output.is_dir():
         raise InvkitError(f"output path {str(output)!r} exists and is not a directory")
-    taken = [name for name in ("student.safetensors", "distill.json") if (output / name).exists()]
+    taken = [name for name in names if (output / name).exists()]
     if taken and not overwrite:
         raise InvkitError(f"output directory {str(output)!r} already holds {taken[0]}; "
                           "pass --overwrite to replace it or choose another --output")
-    output.mkdir(parents=True, exist_ok=True)
-    _writable(output, "student.safetensors")
+    if create:
+        output.mkdir(parents=True, exist_ok=True)
+        _writable(output, names[0])
 
 
 def _writable(directory: Path, name: str) -> None:
@@ -352,8 +502,9 @@ def _write_errors(directory: Path):
 
 @hookimpl
 def invkit_commands(cli):
-    """``invkit eval``, ``invkit distill`` and ``invkit prune`` (see :mod:`invkit.evaluate`,
-    :mod:`invkit.distill`, :mod:`invkit.prune`)."""
+    """``invkit eval``, ``invkit distill``, ``invkit prune`` and ``invkit extend`` (see
+    :mod:`invkit.evaluate`, :mod:`invkit.distill`, :mod:`invkit.prune`, :mod:`invkit.extend`)."""
     cli.add_command(eval_command)
     cli.add_command(distill_command)
     cli.add_command(prune_command)
+    cli.add_command(extend_command)

@@ -204,11 +204,43 @@ def accuracy_on(network: Teacher, test: TestData, batch_size: int = 512,
     return (logits.argmax(1) == targets.cpu()).float().mean().item()
 
 
-def _optimizer(config: DistillConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(config: DistillConfig, params) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names (SGD with Nesterov momentum, or Adam) over ``params``.
+
+    Example:
+        >>> net = torch.nn.Linear(4, 2)
+        >>> type(make_optimizer(DistillConfig(optimizer="adam", lr=1e-3), net.parameters()))
+        <class 'torch.optim.adam.Adam'>
+    """
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def lr_plan(config: DistillConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate at each global step: linear warm-up over ``warmup_epochs``, then
+    a cosine decay to 0 over ``config.epochs`` epochs of ``steps_per_epoch`` steps.
+
+    Example:
+        >>> lr_at = lr_plan(DistillConfig(epochs=2, lr=0.1, warmup_epochs=1), 10)
+        >>> round(lr_at(0), 6), lr_at(9)
+        (0.01, 0.1)
+    """
+    total = steps_per_epoch * config.epochs
+    schedule = warmup_cosine(warmup=min(config.warmup_epochs * steps_per_epoch, total - 1))
+    return lambda step: config.lr * schedule(step, total)
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's index batches: a fresh permutation of ``range(n)`` cut into batches.
+
+    Example:
+        >>> [b.tolist() for b in shuffled_batches(5, 2, torch.Generator().manual_seed(0))]
+        [[4, 0], [1, 3], [2]]
+    """
+    order = torch.randperm(n, generator=generator)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _check_pair(teacher: Teacher, student: Teacher) -> None:
@@ -262,13 +294,13 @@ def distill(teacher: Teacher, student: Teacher,
         p.requires_grad_(False)  # no weight gradients for the teacher, ever
     student.module.to(device)
     params = [p for p in student.module.parameters() if p.requires_grad]
-    optimizer = _optimizer(config, params)
+    optimizer = make_optimizer(config, params)
     padding = config.padding if config.padding is not None else student.meta.input_size // 8
     n = len(images) if streamed else images.shape[0]
     source = _DatasetBatches(images, config) if streamed else _TensorBatches(images, targets)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
-    schedule = warmup_cosine(warmup=min(config.warmup_epochs * steps_per_epoch, total - 1))
+    lr_at = lr_plan(config, steps_per_epoch)
     result = DistillResult(student=student, config=config)
     if test is not None:
         result.teacher_test_acc = accuracy_on(teacher, test, config.eval_batch_size,
@@ -278,10 +310,9 @@ def distill(teacher: Teacher, student: Teacher,
     if progress is not None:
         progress.start_task(f"distill {teacher.name} -> {student.name}", total)
     for epoch in range(1, config.epochs + 1):
-        order = torch.randperm(n, generator=generator)
-        steps = [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+        steps = shuffled_batches(n, config.batch_size, generator)
         first_step = (epoch - 1) * steps_per_epoch
-        lrs = [config.lr * schedule(first_step + i, total) for i in range(len(steps))]
+        lrs = [lr_at(first_step + i) for i in range(len(steps))]
         record = {"epoch": epoch, "lr": lrs[-1]}
         record.update(_train_epoch(teacher, student, optimizer, source.epoch(steps), lrs,
                                    padding, config, generator, progress))
@@ -431,5 +462,5 @@ def save_distilled(result: DistillResult, out_dir: Path | str, teacher: Teacher 
     return path
 
 
-__all__ = ["DistillConfig", "DistillResult", "kd_loss", "augment",
-           "accuracy_on", "distill", "save_distilled"]
+__all__ = ["DistillConfig", "DistillResult", "kd_loss", "augment", "accuracy_on",
+           "make_optimizer", "lr_plan", "shuffled_batches", "distill", "save_distilled"]

@@ -253,6 +253,7 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
         teacher = _call_factory(record, "none", input_size)
         # A pruned network (invkit prune): resize its layers to the recorded widths first.
         checkpoint.apply_pruned_structure(teacher.module, file_metadata, source=str(path))
+        _fit_head(teacher, file_metadata, path)
         checkpoint.load_into(teacher.module, state, source=str(path), arch=record.name,
                              rename=_renamer(record.name))
         meta = dataclasses.replace(teacher.meta, weights=str(path))
@@ -265,6 +266,26 @@ def _build(record: TeacherSpec, name: str, weights: str | None, trust: bool,
         meta = teacher.meta
     meta = dataclasses.replace(meta, arch=record.name)  # so save_teacher round-trips
     return Teacher(module=teacher.module, meta=meta, name=name)
+
+
+def _fit_head(teacher: Teacher, file_metadata: dict, path: Path) -> None:
+    """Give the freshly built network the head width its file records (an extended
+    network has more classes than its architecture builds by default)."""
+    from invkit.teachers import checkpoint, heads
+
+    if not checkpoint.has_teacher_metadata(file_metadata):
+        return
+    try:
+        saved = int(file_metadata["num_classes"])
+    except (KeyError, ValueError):
+        return  # meta_from_metadata reports the incomplete metadata
+    if saved != teacher.meta.num_classes:
+        try:
+            heads.resize_head(teacher.module, saved)
+        except InvkitError as error:
+            raise InvkitError(f"{path} holds {saved} classes but {teacher.meta.arch!r} builds "
+                              f"{teacher.meta.num_classes}, and its head cannot be resized: "
+                              f"{error}") from None
 
 
 def _default_file(record: TeacherSpec) -> str:
