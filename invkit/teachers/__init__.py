@@ -189,6 +189,7 @@ def spec_has_batchnorm(spec: str | None, arch: str | None = None) -> bool | None
         >>> spec_has_batchnorm("digits"), spec_has_batchnorm("vgg11")
         (True, False)
         >>> save_teacher(load_teacher("digits"), "digits.safetensors")
+        PosixPath('digits.safetensors')
         >>> spec_has_batchnorm("checkpoint:digits.safetensors")   # arch in the file
         True
     """
