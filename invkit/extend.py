@@ -26,14 +26,24 @@ classes too; an epoch is one pass over the new images. Augmentation, optimiser, 
 learning-rate plan and the KD loss are :mod:`invkit.distill`'s.
 
 Example:
-    >>> teacher = load_teacher("checkpoint:digits04.safetensors")       # classes 0-4
-    >>> new = load_new_classes("real/digits59", teacher)                # folders 5..9
-    >>> replay = load_replay(["generations/digits04"], teacher)
-    >>> result = extend(teacher, new, replay, config=ExtendConfig(),
+    >>> from invkit.teachers import load_teacher
+    >>> from invkit.teachers.digits import digits_dataset
+    >>> from invkit.output import save_png
+    >>> images, labels = digits_dataset("heldout")   # here: a few digits stand in
+    >>> for i in range(8):      # for two new classes A, B and for replay images
+    ...     _ = save_png(f"real/new/{'AB'[i % 2]}/{i}.png", images[i])
+    ...     _ = save_png(f"generations/old/{labels[i]:03d}/{i}.png", images[i])
+    >>> teacher = load_teacher("digits")                              # classes 0-9
+    >>> new = load_new_classes("real/new", teacher)                   # folders A, B
+    >>> replay = load_replay(["generations/old"], teacher)
+    >>> from invkit.distill import DistillConfig
+    >>> config = ExtendConfig(training=DistillConfig(epochs=1, batch_size=8))   # 1 epoch here
+    >>> result = extend(teacher, new, replay, config=config,
     ...                 test=load_extend_test("digits", combined_names(teacher, new)))
-    >>> result.final["test_acc_old"], result.final["test_acc_new"]
-    (0.95, 0.97)
-    >>> save_extended(result, "runs/digits09")         # checkpoint:runs/digits09/extended.safetensors
+    >>> result.final["test_acc_old"], result.final["test_acc_new"]   # no A/B test images
+    (..., None)
+    >>> save_extended(result, "runs/digits12")
+    PosixPath('runs/digits12/extended.safetensors')
 """
 
 from __future__ import annotations
@@ -86,7 +96,10 @@ class ExtendConfig:
     freezes them, BatchNorm statistics included).
 
     Example:
+        >>> from invkit.distill import DistillConfig
         >>> ExtendConfig(training=DistillConfig(epochs=10, lr=0.01, flip=False), lwf_weight=0.5)
+        ExtendConfig(training=DistillConfig(epochs=10, ...), ce_weight=1.0, replay_weight=1.0,
+                     lwf_weight=0.5, distill=True, ...)
     """
 
     # Tuned on benchmarks/digits_extend.py (probes on 200-500 of its replay images, 15
@@ -200,6 +213,7 @@ def widen(teacher: Teacher, new_names: Sequence[str], head: str | None = None) -
     generator). The metadata records the combined class names.
 
     Example:
+        >>> from invkit.teachers import load_teacher
         >>> wide = widen(load_teacher("digits"), ["A", "B"])
         >>> wide.meta.num_classes, wide.meta.class_names[-2:]
         (12, ('A', 'B'))
@@ -234,9 +248,17 @@ def load_new_classes(directory: Path | str, teacher: Teacher) -> NewClasses:
     teacher's input.
 
     Example:
-        >>> new = load_new_classes("real/digits59", load_teacher("checkpoint:d04.safetensors"))
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> from invkit.output import save_png
+        >>> images, labels = digits_dataset("heldout")   # here: a few digits stand in
+        >>> for i in range(8):      # for two new classes A, B and for replay images
+        ...     _ = save_png(f"real/new/{'AB'[i % 2]}/{i}.png", images[i])
+        ...     _ = save_png(f"generations/old/{labels[i]:03d}/{i}.png", images[i])
+        >>> teacher = load_teacher("digits")                              # classes 0-9
+        >>> new = load_new_classes("real/new", teacher)                   # folders A, B
         >>> new.names, new.images.shape
-        (('5', '6', '7', '8', '9'), torch.Size([673, 3, 32, 32]))
+        (('A', 'B'), torch.Size([8, 3, 32, 32]))
     """
     directory = Path(directory)
     layout, root = find_layout(directory)
@@ -271,8 +293,17 @@ def load_replay(dirs: Sequence[Path | str], teacher: Teacher) -> torch.Tensor:
     classes and, where the folders carry names, the teacher's name at that index.
 
     Example:
-        >>> load_replay(["generations/digits04"], teacher).shape
-        torch.Size([1000, 3, 32, 32])
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> from invkit.output import save_png
+        >>> images, labels = digits_dataset("heldout")   # here: a few digits stand in
+        >>> for i in range(8):      # for two new classes A, B and for replay images
+        ...     _ = save_png(f"real/new/{'AB'[i % 2]}/{i}.png", images[i])
+        ...     _ = save_png(f"generations/old/{labels[i]:03d}/{i}.png", images[i])
+        >>> teacher = load_teacher("digits")                              # classes 0-9
+        >>> new = load_new_classes("real/new", teacher)                   # folders A, B
+        >>> load_replay(["generations/old"], teacher).shape
+        torch.Size([8, 3, 32, 32])
     """
     names = class_names_of(teacher)
     for directory in dirs:
@@ -352,8 +383,10 @@ def split_accuracy(network: Teacher, test: tuple[torch.Tensor, torch.Tensor],
     new-class images (``None`` where the test set has none of them).
 
     Example:
+        >>> from invkit.teachers import load_teacher
+        >>> network, names = load_teacher("digits"), [str(i) for i in range(10)]
         >>> split_accuracy(network, load_extend_test("digits", names), old_classes=5)
-        {'test_acc': 0.96, 'test_acc_old': 0.95, 'test_acc_new': 0.97}
+        {'test_acc': 0.99..., 'test_acc_old': 1.0, 'test_acc_new': 0.99...}
     """
     images, targets = test
     correct = predict_logits(network, images, batch_size).argmax(1) == targets.cpu()
@@ -374,6 +407,7 @@ def old_share_kd(new_logits: torch.Tensor, old_logits: torch.Tensor,
     ``p_old`` on the old ones; ``kd_loss`` on the old logits alone ignores the new ones.
 
     Example:
+        >>> import torch
         >>> old_share_kd(torch.tensor([[0., 0., 0.]]), torch.tensor([[0., 0.]]), 1.0)  # log 1.5
         tensor(0.4055)
     """
@@ -419,9 +453,21 @@ def extend(teacher: Teacher, new: NewClasses, replay: torch.Tensor | None = None
     :func:`load_extend_test`), evaluated after every epoch. The teacher is not changed.
 
     Example:
-        >>> result = extend(teacher, new, replay, config=ExtendConfig(), test=test)
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> from invkit.output import save_png
+        >>> images, labels = digits_dataset("heldout")   # here: a few digits stand in
+        >>> for i in range(8):      # for two new classes A, B and for replay images
+        ...     _ = save_png(f"real/new/{'AB'[i % 2]}/{i}.png", images[i])
+        ...     _ = save_png(f"generations/old/{labels[i]:03d}/{i}.png", images[i])
+        >>> teacher = load_teacher("digits")                              # classes 0-9
+        >>> new = load_new_classes("real/new", teacher)                   # folders A, B
+        >>> replay = load_replay(["generations/old"], teacher)
+        >>> from invkit.distill import DistillConfig
+        >>> config = ExtendConfig(training=DistillConfig(epochs=1, batch_size=8))
+        >>> result = extend(teacher, new, replay, config=config)
         >>> result.network.meta.num_classes
-        10
+        12
     """
     if new.images.ndim != 4 or new.images.shape[0] == 0:
         raise InvkitError("no new-class images to train on")
@@ -584,9 +630,22 @@ def save_extended(result: ExtendResult, out_dir: Path | str, teacher: Teacher | 
     class names and indices, ``extra``) into ``out_dir``; returns the weights path.
 
     Example:
-        >>> path = save_extended(result, "runs/digits09", teacher)
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> from invkit.output import save_png
+        >>> images, labels = digits_dataset("heldout")   # here: a few digits stand in
+        >>> for i in range(8):      # for two new classes A, B and for replay images
+        ...     _ = save_png(f"real/new/{'AB'[i % 2]}/{i}.png", images[i])
+        ...     _ = save_png(f"generations/old/{labels[i]:03d}/{i}.png", images[i])
+        >>> teacher = load_teacher("digits")                              # classes 0-9
+        >>> new = load_new_classes("real/new", teacher)                   # folders A, B
+        >>> replay = load_replay(["generations/old"], teacher)
+        >>> from invkit.distill import DistillConfig
+        >>> config = ExtendConfig(training=DistillConfig(epochs=1, batch_size=8))
+        >>> result = extend(teacher, new, replay, config=config)
+        >>> path = save_extended(result, "runs/digits12", teacher)
         >>> load_teacher(f"checkpoint:{path}").meta.class_names
-        ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9')
+        ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B')
     """
     from invkit.teachers import save_teacher
 

@@ -46,11 +46,12 @@ The pruned network is saved as safetensors with its pruned shapes in the metadat
 
 Example:
     >>> from invkit.teachers import load_teacher
-    >>> from invkit.data import load_image_dataset, load_test_data
+    >>> from invkit.teachers.digits import digits_dataset
     >>> teacher = load_teacher("digits")
-    >>> images, targets = load_image_dataset(["data/digits-1k"])
-    >>> result = prune(teacher, images, targets, config=PruneConfig(target_macs=0.5),
-    ...                test=load_test_data("digits"))
+    >>> images, targets = digits_dataset("heldout")     # here: real images, a few of them
+    >>> images, targets = images[:32], targets[:32]
+    >>> result = prune(teacher, images, targets, test=(images, targets),
+    ...                config=PruneConfig(target_macs=0.5, steps=1, finetune_epochs=1))
     >>> result.macs_after <= 0.5 * result.macs_before
     True
     >>> sorted(result.accuracy)
@@ -115,6 +116,7 @@ class PruneConfig:
 
     Example:
         >>> PruneConfig(target_macs=0.5, importance="magnitude", finetune_epochs=20)
+        PruneConfig(target_macs=0.5, amount=None, importance='magnitude', steps=4, ...)
     """
 
     target_macs: float | None = None
@@ -195,6 +197,8 @@ def count_macs(module: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass on ``example``, as torch-pruning counts them.
 
     Example:
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
         >>> count_macs(load_teacher("digits").module, torch.zeros(1, 3, 32, 32))
         (3598986, 78330)
     """
@@ -212,6 +216,8 @@ def output_layers(module: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     outputs are the classes). Found by running ``example`` through the network.
 
     Example:
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
         >>> output_layers(load_teacher("digits").module, torch.zeros(1, 3, 32, 32))
         [Linear(in_features=64, out_features=10, bias=True)]
     """
@@ -356,6 +362,9 @@ def plan_schedule(teacher: Teacher, config: PruneConfig, ignored_names: list[str
     checked with a real count. An unreachable MACs target is a one-line error.
 
     Example:
+        >>> from invkit.teachers import load_teacher
+        >>> teacher = load_teacher("digits")
+        >>> m, e = None, None       # MACs and estimate: only target_macs needs them
         >>> plan_schedule(teacher, PruneConfig(amount=0.5, steps=2), ["fc"], {"conv1": 16}, m, e)
         [{'conv1': 12}, {'conv1': 8}]
     """
@@ -502,6 +511,12 @@ def pruned_structure(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
     (:func:`invkit.teachers.checkpoint.changed_layers`).
 
     Example:
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> teacher = load_teacher("digits")
+        >>> images = digits_dataset("heldout")[0][:32]
+        >>> result = prune(teacher, images,
+        ...                config=PruneConfig(target_macs=0.5, steps=1, finetune_epochs=0))
         >>> pruned_structure(teacher.module, result.pruned.module)["conv1"]
         {'type': 'Conv2d', 'in': 3, 'out': 11, 'groups': 1}
     """
@@ -513,8 +528,16 @@ def save_pruned(result: PruneResult, out_dir: Path | str, extra: dict | None = N
     in its metadata) and ``prune.json`` into ``out_dir``, atomically; returns the weights path.
 
     Example:
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> images = digits_dataset("heldout")[0][:32]
+        >>> result = prune(load_teacher("digits"), images,
+        ...                config=PruneConfig(target_macs=0.5, steps=1, finetune_epochs=0))
         >>> path = save_pruned(result, "pruned/digits-50")
-        >>> load_teacher(f"checkpoint:{path}")   # rebuilt at the pruned widths
+        >>> path
+        PosixPath('pruned/digits-50/pruned.safetensors')
+        >>> load_teacher(f"checkpoint:{path}").module.conv1   # rebuilt at the pruned widths
+        Conv2d(3, 11, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
     from invkit.teachers import save_teacher
 
@@ -553,7 +576,12 @@ def prune(teacher: Teacher, images: torch.Tensor, targets: torch.Tensor | None =
     left unchanged. ``test`` = real (images, targets) for the accuracy figures.
 
     Example:
-        >>> result = prune(teacher, images, config=PruneConfig(target_macs=0.5, steps=2))
+        >>> from invkit.teachers import load_teacher
+        >>> from invkit.teachers.digits import digits_dataset
+        >>> teacher = load_teacher("digits")
+        >>> images = digits_dataset("heldout")[0][:32]
+        >>> result = prune(teacher, images, config=PruneConfig(target_macs=0.5, steps=2,
+        ...                                                    finetune_epochs=0))
         >>> result.macs_after <= 0.5 * result.macs_before
         True
     """

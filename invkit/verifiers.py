@@ -51,6 +51,7 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> di
     """Top-1 accuracy, and top-k where there are more than ``k`` classes (0 for no images).
 
     Example:
+        >>> import torch
         >>> topk_accuracy(torch.tensor([[2., 1.], [0., 3.]]), torch.tensor([0, 0]))
         {'top1': 0.5}
     """
@@ -67,6 +68,7 @@ def build_verifier(network: Teacher, name: str = "accuracy", **options):
     ``invkit run`` and ``invkit eval`` judge images with.
 
     Example:
+        >>> from invkit import load_teacher
         >>> build_verifier(load_teacher("digits-verifier")).k
         5
     """

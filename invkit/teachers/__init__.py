@@ -188,8 +188,10 @@ def spec_has_batchnorm(spec: str | None, arch: str | None = None) -> bool | None
     Example:
         >>> spec_has_batchnorm("digits"), spec_has_batchnorm("vgg11")
         (True, False)
-        >>> spec_has_batchnorm("checkpoint:students/vit.safetensors")   # arch in the file
-        False
+        >>> save_teacher(load_teacher("digits"), "digits.safetensors")
+        PosixPath('digits.safetensors')
+        >>> spec_has_batchnorm("checkpoint:digits.safetensors")   # arch in the file
+        True
     """
     record = find_teacher(spec, arch)
     if record is None:

@@ -319,8 +319,12 @@ def apply_pruned_structure(module: nn.Module, metadata: Mapping[str, str] | None
     caller loads the file's weights into them (which checks every shape).
 
     Example:
-        >>> apply_pruned_structure(net, {"pruned": '{"conv1": {"type": "Conv2d", "in": 3, '
-        ...                              '"out": 11, "groups": 1}}'})
+        >>> from invkit.teachers import load_teacher
+        >>> net = load_teacher("digits", weights="none").module
+        >>> net = apply_pruned_structure(net, {"pruned": '{"conv1": {"type": "Conv2d", '
+        ...                              '"in": 3, "out": 11, "groups": 1}}'})
+        >>> net.conv1
+        Conv2d(3, 11, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
     if not metadata or PRUNED_KEY not in metadata:
         return module
@@ -343,7 +347,12 @@ def changed_layers(reference: nn.Module, module: nn.Module) -> dict[str, dict]:
     :func:`apply_pruned_structure` needs to rebuild it.
 
     Example:
-        >>> changed_layers(DigitsResNet(), pruned_net)["conv1"]
+        >>> from invkit.teachers import load_teacher
+        >>> pruned_net = apply_pruned_structure(
+        ...     load_teacher("digits", weights="none").module,
+        ...     {"pruned": '{"conv1": {"type": "Conv2d", "in": 3, "out": 11, "groups": 1}}'})
+        >>> reference = load_teacher("digits", weights="none").module
+        >>> changed_layers(reference, pruned_net)["conv1"]
         {'type': 'Conv2d', 'in': 3, 'out': 11, 'groups': 1}
     """
     before = {n: _layer_shape(m) for n, m in reference.named_modules()}

@@ -10,6 +10,7 @@ order, which is the head of every torchvision classifier, the CIFAR ResNets and 
 digits networks.
 
 Example:
+    >>> import torchvision
     >>> net = torchvision.models.resnet18(num_classes=10)
     >>> find_head(net, num_classes=10)[0]
     'fc'
@@ -95,6 +96,7 @@ def resize_head(module: nn.Module, num_classes: int, name: str | None = None) ->
     returns the head's name. Used before loading a saved network of another class count.
 
     Example:
+        >>> import torchvision
         >>> resize_head(torchvision.models.resnet18(), 15)
         'fc'
     """

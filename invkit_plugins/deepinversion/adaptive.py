@@ -10,6 +10,7 @@ each of ``P``, ``Q``, ``M`` clamped to [0.01, 0.99]::
 Minimising it moves the images to where teacher and student disagree.
 
 Example:
+    >>> import torch
     >>> from invkit import CrossEntropy, load_teacher
     >>> objective = CrossEntropy() + 0.2 * Competition(student="digits-verifier")
     >>> teacher = load_teacher("digits")
@@ -39,6 +40,7 @@ def student_view(step: Step, student: Teacher) -> torch.Tensor:
     student trained with other channel statistics needs its own normalisation.
 
     Example:
+        >>> import torch
         >>> from invkit import load_teacher
         >>> teacher, student = load_teacher("digits"), load_teacher("digits-verifier")
         >>> step = Step(torch.randn(2, 3, 16, 16), None, torch.tensor([0, 1]), teacher)
@@ -57,6 +59,7 @@ def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """``1 - clamp(JS(P, Q), 0, 1)`` with clamped probabilities (float32).
 
     Example:
+        >>> import torch
         >>> competition_loss(torch.zeros(2, 10), torch.zeros(2, 10))   # full agreement
         tensor(1.)
     """

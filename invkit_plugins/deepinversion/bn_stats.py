@@ -10,6 +10,7 @@ with ``m_l = first_bn_multiplier`` for the first BN layer in module order and 1 
 rest.
 
 Example:
+    >>> import torch
     >>> from invkit import load_teacher
     >>> teacher = load_teacher("digits")
     >>> x, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
