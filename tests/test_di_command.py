@@ -220,3 +220,25 @@ def test_dry_run_validates_teacher_and_verifier_names(invoke):
     result = invoke("run", "deepinversion", "--teacher", "digits", "--verifier-arch",
                     "digts-verifier", "--dry-run")
     assert result.exit_code == 2 and "did you mean: digits-verifier" in result.output
+
+
+def test_methods_show_lists_own_options_flags_and_presets(invoke):
+    out = invoke("methods", "show", "deepinversion").output
+    for text in ("--setting-id", "--do-flip/--no-flip", "--r-feature", "--lr-schedule",
+                 "imagenet", "cifar10", "digits", "digits-verifier"):
+        assert text in out, text
+    import json
+
+    record = json.loads(invoke("methods", "show", "deepinversion", "--json").output)
+    assert [o["name"] for o in record["options"]][:3] == ["setting_id", "plan", "iterations"]
+    assert {p["name"]: p["bs"] for p in record["presets"]} == {
+        "imagenet": 84, "cifar10": 256, "digits": 100}
+    assert record["needs_batchnorm"] is True
+
+
+def test_a_refused_rerun_names_the_next_free_directory(invoke, tiny, tmp_path):
+    out = tmp_path / "run"
+    assert run_tiny(invoke, out, "--iterations", "2").exit_code == 0
+    again = run_tiny(invoke, out, "--iterations", "2")
+    assert again.exit_code == 2
+    assert f"{str(tmp_path / 'run-2')!r} is free" in again.output
