@@ -95,7 +95,7 @@ def invkit_steps(teacher: Teacher, targets: torch.Tensor, size: int, steps: int,
     """Run ``steps`` iterations of the real invkit loop; return seconds per step."""
     objective = build_objective([parse_prior(p) for p in PRIORS])
     config = DIConfig(plan=(Stage(steps, 1),), lr=0.2, jitter=2, flip=True, clip=True,
-                      resolution=size, save_every=10**9, warmup=1)
+                      resolution=size, save_every=10**9, lr_schedule="warmup-cosine,warmup=1")
     method = DeepInversion(teacher, objective, config=config)
     _sync(targets.device)
     started = time.perf_counter()
