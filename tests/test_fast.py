@@ -138,3 +138,26 @@ def test_command_writes_every_output_and_reuses_the_generator(invoke, tmp_path):
                     str(tmp_path / "nope.safetensors"))
     assert result.exit_code == 2 and "no such file" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_torchrun_two_ranks_make_the_same_images_as_one(tmp_path):
+    """Every rank trains the same generator from --generator-seed: the same dataset.
+
+    Only the loss history differs: each rank logs its own training of the generator."""
+    from tests.test_torchrun import dataset_files, torchrun
+
+    command = ["-m", "invkit", "run", "fast", "--teacher", "digits", "--bs", "4",
+               "--num-batches", "3", "--train-steps", "3", "--train-bs", "8", "--device",
+               "cpu", "--quiet", "--save-every", "2"]
+    outputs = {}
+    for nproc in ("1", "2"):
+        outputs[nproc] = tmp_path / f"np{nproc}"
+        result = torchrun(*command, "--output", str(outputs[nproc]), nproc=nproc)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    one, two = (dataset_files(outputs[n]) for n in ("1", "2"))
+    for files in (one, two):
+        del files["losses.csv"], files["losses.png"]
+    assert len([k for k in one if k.startswith("images")]) == 12
+    assert sorted(one) == sorted(two) and one == two  # images, manifest, grids
+    ranks = [b["rank"] for b in json.loads((outputs["2"] / "run.json").read_text())["batches"]]
+    assert ranks == [0, 1, 0]

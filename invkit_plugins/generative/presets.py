@@ -14,12 +14,15 @@ from invkit_plugins.generative.options import FastOptions
 DEFAULT_PRIORS = ("cross-entropy:1", "bn-stats:0.05,first_bn_multiplier=5", "tv-l2:1e-4")
 
 PRESETS: tuple[Preset, ...] = (
-    # Tuned on benchmarks/digits_fast.py (see the README's fast-method section).
+    # Tuned on the digits (see the README's fast-method section): 400 steps of 64 images,
+    # 1,000 images sampled. Plain training (K = 0) gave teacher 79% / verifier 60% on
+    # them; Reptile with K = 5 (200 plain warm-up steps, 40 outer steps, 5 fine-tuning
+    # steps per batch) 98% / 75%. Stronger bn-stats and tv-l2 than the method's default.
     Preset(
         "digits", "the bundled digits teachers (32 px, grey, offline)",
         teacher="digits", families=("digits",), bs=100, verifier="digits-verifier",
-        priors=("bn-stats:0.05,first_bn_multiplier=5", "tv-l2:1e-4"),
-        options=FastOptions(train_steps=600, train_bs=64, lr=1e-3, steps_per_batch=0,
+        priors=("bn-stats:0.1,first_bn_multiplier=5", "tv-l2:1e-3"),
+        options=FastOptions(train_steps=400, train_bs=64, lr=2e-3, steps_per_batch=5,
                             diversity=0.0, jitter=2, flip=False),
     ),
     Preset(
