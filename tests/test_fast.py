@@ -108,7 +108,8 @@ def test_mode_seeking_and_feature_diversity_values():
     assert mode_seeking(images, z, torch.tensor([0, 1, 2])).item() == 0.0
     teacher = tiny_teacher()
     same = torch.rand(1, 3, SIZE, SIZE).expand(4, -1, -1, -1)
-    assert feature_diversity(teacher, same, torch.tensor([0, 0, 1, 1])) == pytest.approx(0, abs=1e-5)
+    labels = torch.tensor([0, 0, 1, 1])
+    assert feature_diversity(teacher, same, labels) == pytest.approx(0, abs=1e-5)
     varied = torch.rand(4, 3, SIZE, SIZE)
     assert feature_diversity(teacher, varied, torch.tensor([0, 0, 1, 1])) > 0
 

@@ -3,11 +3,12 @@
 A small upsampling network sized to the teacher's input: the latent ``z`` is multiplied
 by a learned embedding of the label ``y`` (a conditional generator whose class enters
 every unit), projected to a ``width``-channel map at a quarter of the image size, then
-twice (nearest upsampling, 3x3 conv halving the channels, BatchNorm, LeakyReLU), and a final 3x3 conv with a
-sigmoid gives pixels in [0, 1]. One output channel for grey teachers (repeated to the
-teacher's channels), three otherwise. The network has its own BatchNorm layers; they are
-in training mode while the generator learns and in evaluation mode (running statistics)
-when sampling, so an image depends only on its own ``z`` and label, never on its batch.
+twice (nearest upsampling, 3x3 conv halving the channels, BatchNorm, LeakyReLU), and a
+final 3x3 conv with a sigmoid gives pixels in [0, 1]. One output channel for grey
+teachers (repeated to the teacher's channels), three otherwise. The network has its own
+BatchNorm layers; they are in training mode while the generator learns and in evaluation
+mode (running statistics) when sampling, so an image depends only on its own ``z`` and
+label, never on its batch.
 
 Example:
     >>> spec = GeneratorSpec(z_dim=64, width=64, size=32, channels=1, num_classes=10)
