@@ -110,8 +110,11 @@ def test_mode_seeking_and_feature_diversity_values():
     same = torch.rand(1, 3, SIZE, SIZE).expand(4, -1, -1, -1)
     labels = torch.tensor([0, 0, 1, 1])
     assert feature_diversity(teacher, same, labels) == pytest.approx(0, abs=1e-5)
-    varied = torch.rand(4, 3, SIZE, SIZE)
-    assert feature_diversity(teacher, varied, torch.tensor([0, 0, 1, 1])) > 0
+    varied = (torch.rand(4, 3, SIZE, SIZE) * 255).round() / 255
+    value = feature_diversity(teacher, varied, labels)
+    assert value > 0
+    as_uint8 = (varied * 255).round().to(torch.uint8)
+    assert feature_diversity(teacher, as_uint8, labels) == pytest.approx(value, rel=1e-5)
 
 
 def test_command_writes_every_output_and_reuses_the_generator(invoke, tmp_path):

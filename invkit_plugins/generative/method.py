@@ -277,6 +277,7 @@ def feature_diversity(teacher: Teacher, images01: torch.Tensor, targets: torch.T
                       batch_size: int = 250) -> float:
     """Mean pairwise Euclidean distance of the teacher's penultimate features (the input
     of its last linear layer) between images of the same class, averaged over classes.
+    ``images01``: float in [0, 1] or uint8 (as :func:`invkit.data.load_image_dataset`).
 
     A collapsed generator scores near 0; use it to compare methods on one teacher.
 
@@ -290,9 +291,11 @@ def feature_diversity(teacher: Teacher, images01: torch.Tensor, targets: torch.T
     handle = linear[-1].register_forward_hook(
         lambda module, inputs, output: captured.append(inputs[0].flatten(1).float().cpu()))
     device = module_device(teacher.module)
+    scale = 255.0 if images01.dtype == torch.uint8 else 1.0  # images as loaded from disk
     try:
         for i in range(0, images01.shape[0], batch_size):
-            teacher.module(teacher.prepare(images01[i:i + batch_size].float().to(device)))
+            chunk = images01[i:i + batch_size].float().to(device) / scale
+            teacher.module(teacher.prepare(chunk))
     finally:
         handle.remove()
     features = torch.cat(captured)
