@@ -116,14 +116,17 @@ def gaussian_noise(teacher, n: int, seed: int) -> torch.Tensor:
 
 def adaptive_chain(teacher, verifier, test, args, out: Path) -> dict:
     """ADI: rounds of (generate a class-balanced share against the current student, train it)."""
-    from invkit_plugins.deepinversion.command import deepinversion, resolve
-    from invkit_plugins.deepinversion.method import DeepInversion
+    from invkit import RunRequest, resolve_run
+    from invkit_plugins.deepinversion import DeepInversion
 
-    ctx = deepinversion.make_context(
-        "deepinversion", ["--teacher", TEACHER, "--adi-scale", str(args.adi_scale),
-                          *args.di_args])
-    resolved = resolve(ctx.params)
-    bs = resolved["record"]["bs"]
+    if args.di_args:
+        raise SystemExit("the ADI rows run the shipped digits preset: drop the flags after "
+                         "'--' or add --skip-adi")
+    # The run the CLI would resolve for 'invkit run deepinversion --teacher digits
+    # --adi-scale S' (objective and configuration), driven batch by batch here.
+    resolved = resolve_run(RunRequest(method="deepinversion", teacher=TEACHER,
+                                      prior_flags=(("adi_scale", args.adi_scale),)))
+    bs = resolved.identity.bs
     num_classes = teacher.meta.num_classes
     per_round = args.images_per_class * num_classes // args.adi_rounds
     student = fresh_student(args.seed)
@@ -137,7 +140,7 @@ def adaptive_chain(teacher, verifier, test, args, out: Path) -> dict:
     gen_seconds = 0.0
     for r in range(args.adi_rounds):
         t0 = time.perf_counter()
-        method = DeepInversion(teacher, resolved["objective"], config=resolved["config"],
+        method = DeepInversion(teacher, resolved.objective, config=resolved.config,
                                student=rival)
         for first in range(0, per_round, bs):
             targets = [(first + i) % num_classes for i in range(min(bs, per_round - first))]

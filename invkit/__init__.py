@@ -30,7 +30,7 @@ from invkit.methods import (
 from invkit.objective import (
     Objective, Prior, PriorRequest, Setup, Step, build_objective, define_prior, parse_prior,
 )
-from invkit.output import next_free_dir
+from invkit.output import atomic_write_bytes, next_free_dir
 from invkit.plugins import get_plugin_manager
 from invkit.registry import Registry, registry
 from invkit.resources import check_memory, estimate_inversion_bytes
@@ -99,5 +99,5 @@ __all__ = [
     "finite_float",
     # everyday use
     "LossHistory", "TensorBoardSink", "require_tensorboard", "term_weights", "plot_losses",
-    "next_free_dir", "GeneratedImages", "ProgressDisplay",
+    "next_free_dir", "atomic_write_bytes", "GeneratedImages", "ProgressDisplay",
 ]
