@@ -25,7 +25,9 @@ from PIL import Image
 from invkit.objective import build_objective, parse_prior
 from invkit.specs import Stage
 from invkit_plugins.deepinversion import DeepInversion, DIConfig
-from tests.di_tiny import CLASSES, TinyTeachers, tiny_teacher
+from invkit.hookspecs import hookimpl
+from invkit.specs import Teacher, TeacherSpec
+from tests.di_tiny import CLASSES, SIZE, TinyTeachers, tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORS = ("cross-entropy", "bn-stats:0.01,first_bn_multiplier=10", "tv-l2:1e-4", "l2:1e-5")
@@ -153,8 +155,29 @@ def test_cli_precision_flags_reach_the_method(invoke, register_plugin, tmp_path,
 
 # --- a whole run: atomic writes and manifest predictions ------------------------------------
 
-def _run(invoke, out, *extra):
-    return invoke("run", "deepinversion", "--teacher", "tiny-bn", "--verifier-arch",
+def linear_teacher() -> Teacher:
+    """A BN teacher linear in the image means: its predictions vary from image to image
+    (tiny-bn predicts one class for nearly everything, which hides per-row mistakes)."""
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, CLASSES, bias=False)).eval()
+    return Teacher(module=net, meta=tiny_teacher(0).meta, name="tiny-linear")
+
+
+class LinearTeacher:
+    @hookimpl
+    def invkit_teachers(self):
+        yield TeacherSpec("tiny-linear", "BN teacher linear in the image means (tests)",
+                          factory=lambda weights=None, **kwargs: linear_teacher(),
+                          source="tests", input_size=SIZE, num_classes=CLASSES)
+
+
+def _run(invoke, out, *extra, teacher="tiny-bn"):
+    return invoke("run", "deepinversion", "--teacher", teacher, "--verifier-arch",
                   "tiny-bn-verifier", "--iterations", "6", "--save-every", "3", "--bs", "4",
                   "--num-batches", "2", "--targets", "0,1,2,3", "--device", "cpu", "--quiet",
                   "--preset", "imagenet", "--output", str(out), *extra)
@@ -214,17 +237,19 @@ def _png01(path: Path) -> torch.Tensor:
 def test_manifest_predictions_equal_the_networks_on_the_saved_pngs(invoke, register_plugin,
                                                                      tmp_path):
     register_plugin(TinyTeachers(), "di-tiny-teachers")
+    register_plugin(LinearTeacher(), "linear-teacher")
     out = tmp_path / "run"
-    assert _run(invoke, out).exit_code == 0
+    assert _run(invoke, out, teacher="tiny-linear").exit_code == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     images = torch.stack([_png01(out / row["file"]) for row in rows])
-    teacher = tiny_teacher(0, "tiny-bn")
+    teacher = linear_teacher()
     verifier = tiny_teacher(1, "tiny-bn-verifier")
     with torch.no_grad():
         teacher_probs = teacher.module(teacher.prepare(images)).softmax(1)
         verifier_pred = verifier.module(verifier.prepare(images)).argmax(1).tolist()
     conf, teacher_pred = teacher_probs.max(1)
     assert [r["teacher_pred"] for r in rows] == teacher_pred.tolist()
+    assert len(set(teacher_pred.tolist())) > 2  # per-row values, not one class for all
     assert [r["verifier_pred"] for r in rows] == verifier_pred
     for row, c in zip(rows, conf.tolist()):
         assert row["teacher_conf"] == pytest.approx(c, abs=5e-3)  # PNG rounding only
