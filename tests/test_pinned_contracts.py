@@ -271,10 +271,10 @@ def _torchrun_env(monkeypatch, rank, world, local):
 
 
 def test_cuda_device_is_the_local_rank_not_the_global_rank(monkeypatch, fake_cuda):
-    from invkit.distributed import dist_env, local_device
+    from invkit.distributed import DistEnv, dist_env, local_device
 
     _torchrun_env(monkeypatch, rank=6, world=8, local=2)  # second node, third GPU
-    assert dist_env() == __import__("invkit.distributed").distributed.DistEnv(6, 8, 2)
+    assert dist_env() == DistEnv(6, 8, 2)
     assert local_device("cuda") == "cuda:2" and local_device(None) == "cuda:2"
     assert local_device("auto") == "cuda:2"
     assert local_device("cuda:3") == "cuda:3"  # an explicit index is kept
@@ -288,7 +288,9 @@ def test_cuda_device_is_the_local_rank_not_the_global_rank(monkeypatch, fake_cud
 def test_single_process_uses_the_current_cuda_device(monkeypatch, fake_cuda):
     from invkit.distributed import local_device
 
-    monkeypatch.setattr(__import__("torch").cuda, "current_device", lambda: 1)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert local_device("cuda") == "cuda:1" and fake_cuda.set_device == [1]
 
 

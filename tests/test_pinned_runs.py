@@ -77,11 +77,10 @@ def test_generate_returns_the_lowest_loss_iterate():
     assert best < len(losses) - 1  # nor the last one evaluated: a middle iterate wins
     assert len({float((cp.inputs - result.inputs).abs().max()) for cp in seen}) == len(seen)
     assert torch.equal(result.inputs, seen[best - 1].inputs)
-    assert result.losses["best_total"] == pytest.approx(losses[best], rel=0, abs=0)
+    assert result.losses["best_total"] == losses[best]
     assert not torch.equal(result.inputs, seen[-1].inputs)  # the last iterate differs
-    expected01 = result.inputs  # images01 are the best inputs, in [0, 1]
-    teacher = tiny_teacher(0)
-    assert torch.equal(result.images01, teacher.denormalize(expected01).clamp(0, 1))
+    # images01 are the same best inputs, in [0, 1].
+    assert torch.equal(result.images01, tiny_teacher(0).denormalize(result.inputs).clamp(0, 1))
 
 
 # --- precision, the gradient scaler and channels_last in effect ------------------------------
@@ -150,7 +149,6 @@ def test_cli_precision_flags_reach_the_method(invoke, register_plugin, tmp_path,
                         "--setting-id", "1", flag)
         assert result.exit_code == 0, result.output
         assert configs[-1].amp == amp
-        assert json.loads((tmp_path / amp / "run.json").read_text())["batches"][0]
 
 
 # --- a whole run: atomic writes and manifest predictions ------------------------------------
