@@ -13,18 +13,25 @@ CLASSES = 4
 
 
 def tiny_net(seed: int = 0, width: int = 8) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(width),
-        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, CLASSES),
-    )
+    # Seeded inside fork_rng: the global generator is left as it was, so a method that
+    # draws from it instead of its own seeded generator is not hidden by a reseed here.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _layers(width)
     # Non-trivial running statistics so the BN term is not centred at zero.
     with torch.no_grad():
         for i, m in enumerate(m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
             m.running_mean.copy_(torch.linspace(-0.5, 0.5, m.num_features) * (i + 1))
             m.running_var.copy_(torch.linspace(0.5, 2.0, m.num_features))
     return net.eval()
+
+
+def _layers(width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(width),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, CLASSES),
+    )
 
 
 def tiny_teacher(seed: int = 0, name: str = "tiny-bn") -> Teacher:

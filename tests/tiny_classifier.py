@@ -15,13 +15,17 @@ CLASSES = 10
 
 
 def tiny_net(seed: int, width: int = 8, num_classes: int = CLASSES) -> nn.Module:
-    """conv-BN-ReLU, global pooling, linear: enough to have a BN layer and 10 outputs."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
-    ).eval()
+    """conv-BN-ReLU, global pooling, linear: enough to have a BN layer and 10 outputs.
+
+    Seeded inside ``fork_rng``: the global generator is left untouched (see tests/di_tiny.py).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+        ).eval()
 
 
 def tiny_teacher(seed: int = 0, arch: str = "tiny-kd", num_classes: int = CLASSES,

@@ -286,7 +286,9 @@ class DeepInversion:
                     if callback is not None:
                         checkpoint = done % cfg.save_every == 0 or done == total_iterations
                         accuracy = None
-                        current = pixels.to_input(x.detach()) if checkpoint else None
+                        # A copy: in colour to_input returns x itself, which the next
+                        # steps change in place (a callback may keep what it is given).
+                        current = pixels.to_input(x.detach().clone()) if checkpoint else None
                         if checkpoint and self.verifier is not None:
                             pred = self.verify(current)
                             accuracy = float((pred == targets.cpu()).float().mean())
