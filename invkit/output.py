@@ -36,7 +36,7 @@ from invkit.lock import LOCK_NAME
 #: What a run writes into its output directory; ``--overwrite`` removes exactly these
 #: (never anything else a user may keep there).
 RUN_ENTRIES = ("images", "shards", "progress", "state", "manifest.jsonl", "grid.png", "run.json",
-               "losses.csv", "losses.png", "tensorboard")
+               "losses.csv", "losses.png", "tensorboard", "generator.safetensors")
 #: The file that marks a directory as an invkit run (written first by every run).
 RUN_STATE = "state/run.json"
 #: Everything invkit itself may leave in a run directory: the run, ``invkit eval``'s

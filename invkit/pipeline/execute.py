@@ -64,6 +64,10 @@ def execute(run: ResolvedRun, display=None) -> dict:
         history.close()
     if is_main_process():
         history.finish(display.log)
+        # A method may leave files of its own in the run (e.g. a trained generator).
+        save = getattr(generator, "save_artifacts", None)
+        if save is not None:
+            save(run.output)
     return summary
 
 

@@ -37,6 +37,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -155,6 +156,12 @@ class FastGenerator:
             "train_steps": cfg.train_steps, "steps_per_batch": cfg.steps_per_batch,
             "generator_seed": cfg.generator_seed, "objective": self.objective.describe(),
             "train_seconds": round(self.train_seconds, 3)})
+
+    def save_artifacts(self, out_dir) -> None:
+        """Core calls this on rank 0 after the dataset is written: ``generator.safetensors``
+        beside the images (nothing when no batch needed the generator this session)."""
+        if self.net is not None:
+            self.save(Path(out_dir) / "generator.safetensors")
 
     # -- the loop's parts -------------------------------------------------------------
     def _attached(self):
