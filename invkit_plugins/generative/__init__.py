@@ -22,13 +22,30 @@ Python API::
 
 from __future__ import annotations
 
+import importlib
+
 from invkit import MethodSpec, hookimpl
-from invkit_plugins.generative.method import FastGenerator, feature_diversity, mode_seeking
-from invkit_plugins.generative.network import (
-    ConditionalGenerator, GeneratorSpec, load_generator, save_generator,
-)
 from invkit_plugins.generative.options import FastConfig, FastOptions, configure
 from invkit_plugins.generative.presets import DEFAULT_PRIORS, PRESETS
+
+# The generator and its loop import torch: loaded on first use, so listings stay fast.
+_LAZY = {"FastGenerator": "method", "feature_diversity": "method", "mode_seeking": "method",
+         "ConditionalGenerator": "network", "GeneratorSpec": "network",
+         "load_generator": "network", "save_generator": "network"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
+
+def make_generator(teacher, objective, *, config, student=None, verifier=None):
+    """The method's factory: a :class:`~invkit_plugins.generative.method.FastGenerator`."""
+    from invkit_plugins.generative.method import FastGenerator
+
+    return FastGenerator(teacher, objective, config=config, student=student,
+                         verifier=verifier)
 
 __all__ = ["FastGenerator", "FastConfig", "FastOptions", "configure", "ConditionalGenerator",
            "GeneratorSpec", "load_generator", "save_generator", "feature_diversity",
@@ -47,6 +64,6 @@ def invkit_methods():
     yield MethodSpec(
         "fast",
         "train a conditional generator once, then images at the cost of a forward pass",
-        factory=FastGenerator, options=FastOptions, configure=configure,
+        factory=make_generator, options=FastOptions, configure=configure,
         default_priors=DEFAULT_PRIORS, presets=PRESETS, needs_batchnorm=True,
     )
