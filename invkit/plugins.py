@@ -34,7 +34,8 @@ BUILTIN_PLUGINS = (
 
 #: Plugins shipped in this distribution that are also declared as entry points (the
 #: entry-point name, then the module): loaded by name when entry points are disabled.
-BUNDLED_PLUGINS = {"deepinversion": "invkit_plugins.deepinversion"}
+BUNDLED_PLUGINS = {"deepinversion": "invkit_plugins.deepinversion",
+                   "pii": "invkit_plugins.plugin_inversion"}
 
 
 class PluginWarning(UserWarning):
