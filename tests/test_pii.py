@@ -155,3 +155,21 @@ def test_pieces_combine_with_deepinversion_on_a_batchnorm_teacher(invoke, tmp_pa
                  "--output", str(tmp_path / "pii"), "--quiet")
     assert pii.exit_code == 0, pii.output
     assert "bn-stats" in (tmp_path / "pii" / "losses.csv").read_text().splitlines()[0]
+
+
+def test_registered_through_the_entry_point_group_and_the_builtin_fallback(tmp_path):
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from invkit.plugins import get_plugin_manager
+
+    eps = {ep.name: ep.value for ep in metadata.entry_points(group="invkit")}
+    assert eps["pii"] == "invkit_plugins.plugin_inversion"
+    assert get_plugin_manager().get_plugin("pii") is not None
+    code = ("from invkit.registry import registry;"
+            "print(registry('method').get('pii').needs_batchnorm)")
+    env = {"INVKIT_NO_ENTRYPOINTS": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, cwd=tmp_path).stdout
+    assert out.strip() == "False"
