@@ -35,7 +35,8 @@ BUILTIN_PLUGINS = (
 #: Plugins shipped in this distribution that are also declared as entry points (the
 #: entry-point name, then the module): loaded by name when entry points are disabled.
 BUNDLED_PLUGINS = {"deepinversion": "invkit_plugins.deepinversion",
-                   "fast": "invkit_plugins.generative"}
+                   "fast": "invkit_plugins.generative",
+                   "pii": "invkit_plugins.plugin_inversion"}
 
 
 class PluginWarning(UserWarning):
