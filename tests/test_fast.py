@@ -166,6 +166,13 @@ def test_torchrun_two_ranks_make_the_same_images_as_one(tmp_path):
     one, two = (dataset_files(outputs[n]) for n in ("1", "2"))
     for files in (one, two):
         del files["losses.csv"], files["losses.png"]
+    # The same generator weights (its metadata holds the training time, which differs).
+    from safetensors.torch import load_file
+
+    g1, g2 = (load_file(outputs[n] / "generator.safetensors") for n in ("1", "2"))
+    assert g1.keys() == g2.keys() and all(g1[k].equal(g2[k]) for k in g1)
+    for files in (one, two):
+        del files["generator.safetensors"]
     assert len([k for k in one if k.startswith("images")]) == 12
     assert sorted(one) == sorted(two) and one == two  # images, manifest, grids
     ranks = [b["rank"] for b in json.loads((outputs["2"] / "run.json").read_text())["batches"]]

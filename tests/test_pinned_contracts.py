@@ -135,7 +135,7 @@ def test_shared_run_and_distill_defaults_are_pinned():
         "device": None, "precision": "fp32", "output": None, "exp_name": None,
         "format": "png", "shard_size": 1024, "resume": False, "overwrite": False,
         "verifier": False, "verifier_arch": None, "verifier_weights": None, "student": None,
-        "save_every": 100, "quiet": False, "tensorboard": False,
+        "save_every": 100, "quiet": False, "tensorboard": False, "threads": None,
     }
     distill = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
     assert distill == {

@@ -25,7 +25,11 @@ resumed run train the same G; a batch's latents come from the batch seed. Images
 function of (G's weights, batch seed, targets). ``--generator PATH`` skips training.
 
 Example:
-    >>> fast = FastGenerator(teacher, objective, config=FastConfig(train_steps=200))
+    >>> from invkit import load_teacher
+    >>> from invkit_plugins.generative import FastConfig, default_objective
+    >>> teacher = load_teacher("digits")
+    >>> fast = FastGenerator(teacher, default_objective(),
+    ...                      config=FastConfig(train_steps=3, train_bs=4, warmup_steps=1))
     >>> result = fast.generate([0, 1, 2, 3], seed=7)   # trains G first, then samples
     >>> result.images01.shape
     torch.Size([4, 3, 32, 32])
@@ -266,7 +270,13 @@ def mode_seeking(images: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
     absolute differences; 0 when no class appears twice.
 
     Example:
-        >>> mode_seeking(torch.rand(4, 1, 8, 8), torch.randn(4, 16), torch.tensor([0, 0, 1, 1]))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> value = mode_seeking(torch.rand(4, 1, 8, 8, generator=g),
+        ...                      torch.randn(4, 16, generator=g), torch.tensor([0, 0, 1, 1]))
+        >>> value.shape, bool(value > 0)
+        (torch.Size([]), True)
+        >>> float(mode_seeking(torch.rand(2, 1, 8, 8), torch.randn(2, 16), torch.tensor([0, 1])))
+        0.0
     """
     n = images.shape[0]
     same = (y[:, None] == y[None, :]) & torch.ones(n, n, dtype=torch.bool,
@@ -289,7 +299,11 @@ def feature_diversity(teacher: Teacher, images01: torch.Tensor, targets: torch.T
     A collapsed generator scores near 0; use it to compare methods on one teacher.
 
     Example:
-        >>> feature_diversity(teacher, images01, targets)
+        >>> from invkit import load_teacher
+        >>> teacher = load_teacher("digits")
+        >>> same = torch.full((4, 3, 32, 32), 0.5)          # four identical images
+        >>> feature_diversity(teacher, same, torch.tensor([0, 0, 1, 1]))
+        0.0
     """
     linear = [m for m in teacher.module.modules() if isinstance(m, torch.nn.Linear)]
     if not linear:

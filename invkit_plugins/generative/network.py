@@ -89,7 +89,10 @@ def save_generator(net: ConditionalGenerator, path: str | Path, *, teacher: str,
     """Write ``net`` as safetensors (atomically) with its shape and provenance as metadata.
 
     Example:
+        >>> net = ConditionalGenerator(GeneratorSpec(z_dim=8, width=4, size=32, channels=1,
+        ...                                          num_classes=10))
         >>> save_generator(net, "generator.safetensors", teacher="digits")
+        PosixPath('generator.safetensors')
     """
     from safetensors.torch import save
 

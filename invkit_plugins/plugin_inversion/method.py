@@ -184,9 +184,13 @@ class PlugInInversion:
     the result; ``student`` is handed to priors that need one.
 
     Example:
-        >>> pii = PlugInInversion(teacher, objective, config=PIIConfig(iterations=200))
+        >>> from invkit import CrossEntropy, load_teacher
+        >>> teacher = load_teacher("digits-vit")
+        >>> pii = PlugInInversion(teacher, CrossEntropy().objective(),
+        ...                       config=PIIConfig(iterations=4, ensemble=2))
         >>> result = pii.generate([3, 1, 4], seed=0)
         >>> result.images01.shape, sorted(result.losses)
+        (torch.Size([3, 3, 32, 32]), ['cross-entropy', 'total'])
     """
 
     def __init__(self, teacher: Teacher, objective: Objective | None = None, *,
