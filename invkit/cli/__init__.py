@@ -112,6 +112,12 @@ def make_cli() -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
+        # The answer needs no plugins: skip building the command tree.
+        from invkit import __version__
+
+        click.echo(f"invkit, version {__version__}")
+        return
     with plugin_warnings_as_lines():
         try:
             cli = make_cli()
