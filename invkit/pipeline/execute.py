@@ -43,8 +43,8 @@ def execute(run: ResolvedRun, display=None) -> dict:
     verifier = student = None
     if identity.verifier:
         verifier = as_verifier(load_network(identity.verifier, run,
-                                               weights=identity.verifier_weights,
-                                               device=device, salt=1))
+                                            weights=identity.verifier_weights,
+                                            device=device, salt=1))
     if identity.student:
         student = load_network(identity.student, run, device=device, salt=2)
     generator = run.spec.factory(teacher, run.objective, config=run.config, student=student,
