@@ -10,7 +10,8 @@ model, batch, resolution and loss terms:
 The invkit figure is the real loop: ``DeepInversion.generate`` over ``--steps``
 iterations (augmentation, objective, Adam, clipping, best-iterate tracking), divided by
 the number of steps. Both run in float32 in one process, alternating, best of
-``--repeats``.
+``--repeats``. Also printed: the bare step (one forward of the frozen teacher and one
+backward to the input, the least any step must do) and invkit's step in bf16 autocast.
 
     python benchmarks/bench_step.py                       # ResNet-18, 64 px, batch 16, CPU
     python benchmarks/bench_step.py --arch resnet50 --resolution 224 --batch 64 --device cuda
@@ -91,16 +92,36 @@ def naive_steps(module: nn.Module, teacher: Teacher, targets: torch.Tensor, size
 
 
 def invkit_steps(teacher: Teacher, targets: torch.Tensor, size: int, steps: int,
-                 seed: int = 0) -> float:
+                 seed: int = 0, amp: str = "fp32") -> float:
     """Run ``steps`` iterations of the real invkit loop; return seconds per step."""
     objective = build_objective([parse_prior(p) for p in PRIORS])
     config = DIConfig(plan=(Stage(steps, 1),), lr=0.2, jitter=2, flip=True, clip=True,
-                      resolution=size, save_every=10**9, lr_schedule="warmup-cosine,warmup=1")
+                      resolution=size, save_every=10**9, lr_schedule="warmup-cosine,warmup=1",
+                      amp=amp)
     method = DeepInversion(teacher, objective, config=config)
     _sync(targets.device)
     started = time.perf_counter()
     method.generate(targets, seed=seed)
     _sync(targets.device)
+    return (time.perf_counter() - started) / steps
+
+
+def bare_steps(module: nn.Module, targets: torch.Tensor, size: int, steps: int,
+               seed: int = 0) -> float:
+    """The least a step must do: one forward of the frozen teacher and one backward to
+    the input (cross-entropy only, no priors, no optimiser); seconds per step."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(targets.numel(), 3, size, size, generator=torch.Generator().manual_seed(seed))
+    x = x.to(targets.device).requires_grad_(True)
+    _sync(targets.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = F.cross_entropy(module(x), targets)
+        (grad,) = torch.autograd.grad(loss, x)
+    _sync(targets.device)
+    for p in module.parameters():
+        p.requires_grad_(True)
     return (time.perf_counter() - started) / steps
 
 
@@ -127,11 +148,14 @@ def main() -> None:
 
     invkit_steps(teacher, targets, args.resolution, 2)  # warm-up both paths
     naive_steps(module, teacher, targets, args.resolution, 2)
-    naive, fast = [], []
+    bare_steps(module, targets, args.resolution, 2)
+    naive, fast, bare, bf16 = [], [], [], []
     for _ in range(args.repeats):
         naive.append(naive_steps(module, teacher, targets, args.resolution, args.steps))
         fast.append(invkit_steps(teacher, targets, args.resolution, args.steps))
-    n, f = min(naive), min(fast)
+        bare.append(bare_steps(module, targets, args.resolution, args.steps))
+        bf16.append(invkit_steps(teacher, targets, args.resolution, args.steps, amp="bf16"))
+    n, f, b, h = min(naive), min(fast), min(bare), min(bf16)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{args.arch} {args.resolution}px batch {args.batch} on {device} "
           f"({torch.get_num_threads()} threads, load {load:.2f}), best of {args.repeats} x "
@@ -139,6 +163,9 @@ def main() -> None:
     print(f"naive step:  {1000 * n:8.1f} ms")
     print(f"invkit step: {1000 * f:8.1f} ms")
     print(f"speed-up:    {n / f:8.2f}x")
+    print(f"bare forward + input-backward: {1000 * b:8.1f} ms "
+          f"(invkit step / bare = {f / b:.2f}x)")
+    print(f"invkit step, bf16 autocast: {1000 * h:8.1f} ms ({f / h:.2f}x the fp32 step)")
 
 
 if __name__ == "__main__":
