@@ -191,10 +191,10 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Generated images (ImageFolder or shard dir) for the importance estimate "
                    "and the fine-tuning; repeat to combine several.")
-@click.option("--target-macs", type=float, default=None, metavar="FRACTION",
+@click.option("--target-macs", type=FiniteFloat(), default=None, metavar="FRACTION",
               help="Keep this fraction of the teacher's MACs (multiply-accumulates per "
                    "image), e.g. 0.5. Give this or --amount.")
-@click.option("--amount", type=float, default=None, metavar="FRACTION",
+@click.option("--amount", type=FiniteFloat(), default=None, metavar="FRACTION",
               help="Remove this fraction of every prunable layer's channels, e.g. 0.3.")
 @click.option("--importance", type=click.Choice(["taylor-kl", "magnitude"]),
               default="taylor-kl", show_default=True,
@@ -217,9 +217,10 @@ def distill_command(teacher, arch, weights, trust_checkpoint, student, student_w
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory's files.")
 @click.option("--batch-size", "--bs", default=64, show_default=True, type=click.IntRange(min=1),
               help="Fine-tuning batch size.")
-@click.option("--lr", default=0.01, show_default=True, type=float,
+@click.option("--lr", default=0.01, show_default=True, type=FiniteFloat(positive=True),
               help="Peak fine-tuning learning rate (SGD, cosine-decayed).")
-@click.option("--temperature", "-T", default=4.0, show_default=True, type=float,
+@click.option("--temperature", "-T", default=4.0, show_default=True,
+              type=FiniteFloat(positive=True),
               help="Softmax temperature of the KD loss and of the Taylor-KL estimate.")
 @click.option("--flip/--no-flip", default=None,
               help="Random horizontal flips while fine-tuning [default: on, off for the "
@@ -310,37 +311,38 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
               help="New-class images per step.")
 @click.option("--replay-batch-size", default=None, type=click.IntRange(min=1),
               help="Replay images per step [default: --batch-size].")
-@click.option("--ce-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--ce-weight", default=1.0, show_default=True, type=FiniteFloat(minimum=0),
               help="Weight of the cross-entropy (all classes) on the new-class images.")
-@click.option("--replay-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--replay-weight", default=1.0, show_default=True, type=FiniteFloat(minimum=0),
               help="Weight of T^2 KL(teacher || network's old classes) on the replay images.")
-@click.option("--lwf-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--lwf-weight", default=1.0, show_default=True, type=FiniteFloat(minimum=0),
               help="Weight of the same KL on the new-class images (Learning without Forgetting).")
 @click.option("--replay-softmax", type=click.Choice(["all", "old"]), default="all",
               show_default=True,
               help="The replay KL compares the teacher with the old classes' share of the "
                    "softmax over all classes (also pushes new classes off old images), or with "
                    "a softmax over the old logits alone.")
-@click.option("--replay-ce-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--replay-ce-weight", default=0.0, show_default=True, type=FiniteFloat(minimum=0),
               help="Weight of a cross-entropy over all classes on the replay images, with the "
                    "teacher's predicted class as the label.")
 @click.option("--new-ce", type=click.Choice(["all", "new"]), default="all", show_default=True,
               help="Cross-entropy on the new images over all classes, or over the new classes' "
                    "logits alone.")
 @click.option("--backbone-lr-scale", default=1.0, show_default=True,
-              type=click.FloatRange(min=0),
+              type=FiniteFloat(minimum=0),
               help="Learning rate of every layer but the head, as a multiple of --lr "
                    "(0 freezes them, BatchNorm statistics included).")
 @click.option("--no-distill", is_flag=True,
               help="Plain fine-tuning: cross-entropy on the new images only (forgets the old "
                    "classes; a baseline).")
-@click.option("--temperature", "-T", default=1.0, show_default=True, type=float,
+@click.option("--temperature", "-T", default=1.0, show_default=True,
+              type=FiniteFloat(positive=True),
               help="Softmax temperature of the KL terms (scaled by T^2).")
-@click.option("--lr", default=None, type=float,
+@click.option("--lr", default=None, type=FiniteFloat(positive=True),
               help="Peak learning rate, cosine-decayed to 0 [default: 0.003 sgd, 0.0003 adam].")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
               help="SGD with Nesterov momentum, or Adam.")
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
+@click.option("--weight-decay", default=5e-4, show_default=True, type=FiniteFloat(minimum=0),
               help="L2 weight decay.")
 @click.option("--padding", default=None, type=click.IntRange(min=0),
               help="Random-crop padding in pixels [default: input size / 8].")

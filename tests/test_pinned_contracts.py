@@ -208,13 +208,19 @@ def test_every_float_flag_is_finite_float():
 
     cli = make_cli()
     ctx = click.Context(cli)
-    for command in (cli.get_command(ctx, "run").get_command(ctx, "deepinversion"),
-                    cli.get_command(ctx, "distill")):
+    run = cli.get_command(ctx, "run")
+    # Every command and every method's command: none may take a float click would not check.
+    commands = [cli.get_command(ctx, name) for name in cli.list_commands(ctx) if name != "run"]
+    commands += [run.get_command(ctx, name) for name in run.list_commands(ctx)]
+    names = {c.name for c in commands}
+    assert {"deepinversion", "fast", "pii", "distill", "prune", "extend"} <= names
+    for command in commands:
+        if isinstance(command, click.Group):
+            continue
         floats = [p for p in command.params
                   if isinstance(p.type, (FiniteFloat, click.types.FloatParamType))]
-        assert floats, command.name
         assert all(isinstance(p.type, FiniteFloat) for p in floats), \
-            [p.name for p in floats if not isinstance(p.type, FiniteFloat)]
+            (command.name, [p.name for p in floats if not isinstance(p.type, FiniteFloat)])
 
 
 RUN_FLOATS = ["--lr", "--main-loss-multiplier", "--r-feature", "--first-bn-multiplier",
