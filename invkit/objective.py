@@ -376,21 +376,12 @@ def build_prior(spec, options: dict[str, Any] | Iterable[tuple[str, Any]] = ()) 
         'tv-l2'
     """
     parsed = parse_options(f"prior {spec.name!r}", spec.options, dict(options))
-    try:
-        prior = spec.factory(**parsed)
-    except InvkitError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a plugin's bug must not print a traceback
-        raise InvkitError(f"prior {spec.name!r} (from plugin {spec.provider!r}) failed to "
-                          f"build: {type(error).__name__}: {_one_line(error)}") from None
+    from invkit.plugins import call_factory
+
+    prior = call_factory(spec.factory, f"prior {spec.name!r}", spec.provider, **parsed)
     prior.name = spec.name
     prior.options = parsed
     return prior
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(error).split()) or "no message"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_objective(requests: Sequence[PriorRequest], priors: Registry | None = None) -> Objective:

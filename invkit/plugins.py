@@ -127,6 +127,29 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, consume=list, **kwargs):
         yield name, value
 
 
+def call_factory(factory, what: str, provider: str, **kwargs):
+    """Call a plugin's factory: its bugs become one line naming the plugin.
+
+    An :class:`~invkit.errors.InvkitError` (a user error the factory reports) passes as it is.
+
+    Example:
+        >>> call_factory(lambda: 1 / 0, "prior 'x'", "p")
+        Traceback (most recent call last):
+        invkit.errors.InvkitError: prior 'x' (from plugin 'p') failed to build: ZeroDivisionError: division by zero
+    """
+    from invkit.errors import InvkitError
+
+    try:
+        return factory(**kwargs)
+    except InvkitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a plugin's bug must not print a traceback
+        text = " ".join(str(error).split()) or "no message"
+        text = text if len(text) <= 200 else text[:197] + "..."
+        raise InvkitError(f"{what} (from plugin {provider!r}) failed to build: "
+                          f"{type(error).__name__}: {text}") from None
+
+
 def plugin_version(name: str) -> str:
     """The installed version of the distribution that provides plugin ``name``."""
     for ep in metadata.entry_points(group=ENTRYPOINT_GROUP):

@@ -327,13 +327,9 @@ def _call_factory(record: TeacherSpec, weights: str | None, input_size: int | No
             raise InvkitError(f"teacher {record.name!r} cannot be built for another input size "
                               f"(it takes {record.input_size} px)")
         kwargs["input_size"] = input_size
-    try:
-        built = record.factory(**kwargs)
-    except InvkitError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a plugin's bug must not print a traceback
-        raise InvkitError(f"teacher {record.name!r} (from plugin {record.provider!r}) failed "
-                          f"to build: {type(error).__name__}: {error}") from None
+    from invkit.plugins import call_factory
+
+    built = call_factory(record.factory, f"teacher {record.name!r}", record.provider, **kwargs)
     if isinstance(built, nn.Module) and record.input_size and record.num_classes:
         # A plugin may return a bare module; its spec has the metadata we need.
         built = Teacher(module=built, meta=TeacherMeta(
