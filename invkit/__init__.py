@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-from importlib import metadata as _metadata
 from typing import Any
 
 from invkit.errors import InvkitError, PluginConflict
@@ -40,10 +39,9 @@ from invkit.specs import (
 )
 from invkit.validate import finite_float
 
-try:
-    __version__ = _metadata.version("invkit")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+source"
+# The one place the version is written: pyproject.toml reads it from here (and reading
+# it back through importlib.metadata would cost start-up time).
+__version__ = "0.1.0"
 
 # Imported on first use (they import torch): name -> module.
 _LAZY = {

@@ -213,7 +213,7 @@ def test_entry_point_that_fails_to_import_is_a_warning(monkeypatch):
                                                      factory=Brightness)])
     eps = [FakeEntryPoint("broken-ep", ImportError("No module named 'missing_dep'")),
            FakeEntryPoint("good-ep", good)]
-    monkeypatch.setattr("invkit.plugins.metadata.entry_points", lambda group: eps)
+    monkeypatch.setattr("invkit.plugins.entry_points", lambda group: eps)
     pm = get_plugin_manager()
     try:
         with pytest.warns(PluginWarning, match="broken-ep.*missing_dep"):
@@ -246,6 +246,44 @@ def test_deepinversion_is_loaded_through_the_entry_point_group():
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="invkit")}
     assert eps["deepinversion"] == "invkit_plugins.deepinversion"
     assert get_plugin_manager().get_plugin("deepinversion") is not None
+
+
+def test_entry_points_are_read_as_importlib_metadata_reads_them(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from invkit.plugins import entry_points
+
+    def dist(folder, text, where=tmp_path):
+        (where / folder).mkdir(parents=True)
+        (where / folder / "entry_points.txt").write_text(text)
+
+    dist("first_plugin-1.2.dist-info", "# a comment\n[console_scripts]\nx = a:b\n\n"
+         "[invkit]\nfirst = first_plugin.core:Plugin.hooks [extra]\n")
+    later = tmp_path / "later"  # the same distribution again, later on the path: ignored
+    dist("First.Plugin-9.0.dist-info", "[invkit]\nshadowed = nowhere\n", later)
+    dist("old_style-0.3-py3.11.egg-info", "[invkit]\nold = old_style\n")
+    dist("dev.egg-info", "[invkit]\ndev = dev_plugin\n")
+    (tmp_path / "dev.egg-info" / "PKG-INFO").write_text("Name: dev\nVersion: 2.0b1\n\nbody\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), str(tmp_path / "missing"), str(later),
+                                      *sys.path])
+    ours = [(ep.name, ep.value) for ep in entry_points("invkit")]
+    stdlib = [(ep.name, ep.module + (f":{ep.attr}" if ep.attr else ""))  # without [extra]
+              for ep in metadata.entry_points(group="invkit")]
+    assert sorted(ours) == sorted(stdlib)
+    mine = {ep.name: (ep.value, ep.dist, ep.version) for ep in entry_points("invkit")}
+    assert mine["first"] == ("first_plugin.core:Plugin.hooks", "first_plugin", "1.2")
+    assert mine["old"] == ("old_style", "old_style", "0.3")
+    assert mine["dev"] == ("dev_plugin", "dev", "2.0b1")
+    assert "shadowed" not in mine and "x" not in mine
+
+
+def test_an_entry_point_loads_a_module_attribute():
+    from invkit.plugins import EntryPoint
+
+    assert EntryPoint("p", "invkit.plugins:EntryPoint.load", "d", "1").load() is EntryPoint.load
+    import invkit.priors
+
+    assert EntryPoint("p", "invkit.priors", "d", "1").load() is invkit.priors
 
 
 def test_every_hook_has_a_docstring_with_an_example():

@@ -457,19 +457,15 @@ class BrokenEntryPoint:
 
 
 def test_strict_plugins_give_a_clean_error_naming_the_plugin(monkeypatch, capsys):
-    from importlib import metadata
-
     from invkit import plugins
     from invkit.cli import main
 
-    real = metadata.entry_points
+    real = plugins.entry_points
 
-    def entry_points(**kwargs):
-        if kwargs.get("group") == plugins.ENTRYPOINT_GROUP:
-            return [BrokenEntryPoint()]
-        return real(**kwargs)
+    def entry_points(group):
+        return [BrokenEntryPoint()] if group == plugins.ENTRYPOINT_GROUP else real(group)
 
-    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(plugins, "entry_points", entry_points)
 
     def run(*args: str) -> tuple[int, str]:
         plugins.get_plugin_manager.cache_clear()  # load the entry points again
