@@ -166,3 +166,23 @@ def test_competition_without_student_is_a_one_line_error():
     with pytest.raises(InvkitError, match="adi needs a student"):
         with (build_objective([]) + Competition()).attached(Setup(tiny_teacher())):
             pass
+
+
+def test_bn_input_stats_gradients_match_autograd_of_the_definition():
+    from invkit_plugins.deepinversion.bn_stats import bn_input_stats
+
+    x = (torch.randn(3, 4, 5, 6, dtype=torch.float64) * 2 + 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: bn_input_stats(t), (x,))
+    # Only one of the outputs used (the other's gradient is None in backward).
+    assert torch.autograd.gradcheck(lambda t: bn_input_stats(t)[1].square().sum(), (x,))
+    # float32, against torch.var_mean: values and the gradient of a loss like bn-stats'.
+    y = (torch.randn(8, 16, 7, 7) * 3 + 2).requires_grad_()
+    mean, var = bn_input_stats(y)
+    (torch.linalg.vector_norm(mean - 1) + torch.linalg.vector_norm(var - 4)).backward()
+    ours = y.grad.clone()
+    y.grad = None
+    ref_var, ref_mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+    (torch.linalg.vector_norm(ref_mean - 1) + torch.linalg.vector_norm(ref_var - 4)).backward()
+    assert torch.allclose(mean, ref_mean, atol=1e-5) and torch.allclose(var, ref_var, rtol=1e-5)
+    assert torch.allclose(ours, y.grad, rtol=1e-4, atol=1e-7)
+    assert mean.dtype == var.dtype == torch.float32
