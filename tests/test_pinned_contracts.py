@@ -89,7 +89,7 @@ def test_deepinversion_option_and_config_defaults_are_pinned():
         "plan": (Stage(2000, 1),), "iterations": None, "lr": 0.2, "betas": (0.5, 0.9),
         "eps": 1e-8, "lr_schedule": "warmup-cosine", "jitter": 30, "flip": True, "clip": True,
         "grayscale": False, "amp": "fp32", "resolution": None, "save_every": 100,
-        "keep_best": True, "channels_last": None,
+        "keep_best": True, "channels_last": None, "compile": False,
     }
     assert DEFAULT_PRIORS == ("cross-entropy:1", "bn-stats:0.01,first_bn_multiplier=10",
                               "tv-l2:0.0001", "l2:1e-05")

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 from invkit import InvkitError, Prior, Setup, Step, define_prior
@@ -56,37 +55,10 @@ def bn_input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     if x.dtype != torch.float64:
         x = x.float()
-    return _channel_moments().apply(x)
+    # A module of its own: it imports torch, which listings must not.
+    from invkit_plugins.deepinversion.moments import ChannelMoments
 
-
-@functools.cache
-def _channel_moments():
-    # Built on first use: the module is imported by listings, which must not import torch.
-    import torch
-
-    class ChannelMoments(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            n = x.numel() // x.shape[1]
-            mean = x.sum(dim=(2, 3)).sum(dim=0) / n
-            # E[x^2] - mean^2: the BatchNorm inputs' means are of the order of their
-            # spreads, so the cancellation costs a few ulps of E[x^2] at most.
-            var = (x.square().sum(dim=(2, 3)).sum(dim=0) / n - mean.square()).clamp_min(0)
-            ctx.save_for_backward(x, mean)
-            return mean, var
-
-        @staticmethod
-        def backward(ctx, grad_mean, grad_var):
-            x, mean = ctx.saved_tensors
-            n = x.numel() // x.shape[1]
-            grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-            grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-            scale = (2.0 / n) * grad_var
-            shift = grad_mean / n - scale * mean
-            shape = (1, -1, 1, 1)
-            return torch.addcmul(shift.view(shape), x, scale.view(shape))
-
-    return ChannelMoments
+    return ChannelMoments.apply(x)
 
 
 def bn_layer_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -153,7 +125,8 @@ class BNStats(Prior):
 
     def layer_losses(self) -> list[torch.Tensor]:
         """The unweighted per-layer terms of the most recent forward pass (module order)."""
-        if not self._handles:
+        # Not the hook handles: torch.compile cannot trace them (a graph break per step).
+        if not self._terms:
             raise RuntimeError("bn-stats is not attached: use objective.attached(Setup(teacher))")
         if any(t is None for t in self._terms):
             raise RuntimeError("bn-stats: the teacher has not run since setup")

@@ -28,6 +28,7 @@ import dataclasses
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ class DIConfig:
     save_every: int = 100
     keep_best: bool = True
     channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False
 
     def __post_init__(self):
         if self.amp not in PRECISIONS:
@@ -244,6 +246,16 @@ class DeepInversion:
         timings: list[float] = []
         done = 0
         setup = Setup(teacher=self.teacher, student=student)
+        net = module  # or its torch.compile (--compile), chosen at the first step
+
+        def forward(net: torch.nn.Module, view: torch.Tensor, iteration: int):
+            logits = net(view)
+            # The adi prior runs the student (from Setup) on this view itself.
+            step = Step(inputs=view, logits=logits, targets=targets, teacher=self.teacher,
+                        iteration=iteration)
+            total, terms = self.objective(step)
+            return total, terms
+
         with frozen(module), frozen(student.module if student else None), \
                 self.objective.attached(setup):
             for stage_index, stage in enumerate(stages):
@@ -258,12 +270,12 @@ class DeepInversion:
                         group["lr"] = lr
                     view = pixels.to_input(augment(x, stage.downsample, cfg.jitter,
                                                    cfg.flip, rng))
+                    if cfg.compile and done == 0:
+                        with amp:
+                            net = compiled_or_eager(
+                                module, lambda n: forward(n, view.detach().requires_grad_(), 0))
                     with amp:
-                        logits = module(view)
-                        # The adi prior runs the student (from Setup) on this view itself.
-                        step = Step(inputs=view, logits=logits, targets=targets,
-                                    teacher=self.teacher, iteration=done)
-                        total, terms = self.objective(step)
+                        total, terms = forward(net, view, done)
                     total = total.float()
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(total).backward()
@@ -317,6 +329,31 @@ class DeepInversion:
         """The verifier's predictions (CPU) on normalised ``inputs`` (resized as needed)."""
         images01 = self.teacher.denormalize(inputs.float()).clamp(0, 1)
         return verifier_predictions(self.verifier, images01)
+
+
+def compiled_or_eager(module: torch.nn.Module, trial: Callable) -> torch.nn.Module:
+    """``torch.compile(module)`` when a trial step through it works, else ``module``
+    itself, with one warning saying why (``--compile``).
+
+    The teacher's forward is compiled with the priors' forward hooks (``bn-stats``) traced
+    into it, and the backward with it; the rest of the objective stays eager, so a prior
+    may read anything from the :class:`Step` without causing recompiles.
+    ``trial(net)`` returns the loss of one step through ``net`` on a copy of the images:
+    compiling happens there, and a missing compiler (Inductor needs a C++ compiler on CPU,
+    Triton on CUDA) shows up before the batch starts rather than in its middle.
+    """
+    compiled = torch.compile(module)
+    try:
+        total, _ = trial(compiled)
+        total.float().backward()
+    except InvkitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
+        reason = " ".join(str(error).split())[:160] or "no message"
+        warnings.warn(f"--compile: torch.compile failed ({type(error).__name__}: {reason}); "
+                      f"running eagerly", RuntimeWarning, stacklevel=2)
+        return module
+    return compiled
 
 
 def default_objective() -> Objective:

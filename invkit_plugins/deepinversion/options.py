@@ -44,6 +44,11 @@ class DIOptions:
                                 min=0)
     resolution: int | None = option(None, "Image size (default: the teacher's input size).",
                                     min=2)
+    compile: bool | None = option(
+        None, "torch.compile the step (teacher forward, priors and their backward); falls "
+              "back to eager with a warning where compiling fails. Off by default: slower "
+              "than eager on CPU in this project's benchmark (README).",
+        flags=("--compile/--no-compile",))
     store_best_images: bool | None = option(
         None, "Accepted for compatibility: final images are always the lowest-loss iterate.",
         flags=("--store-best-images", "--store_best_images"))
@@ -58,7 +63,8 @@ def configure(options: DIOptions, context: Context):
     setting = SETTINGS[0 if options.setting_id is None else options.setting_id]
     plan = build_schedule(options.plan, kind="plan") if options.plan else setting.plan
     given = {name: getattr(options, name) for name in ("iterations", "lr", "lr_schedule",
-                                                       "flip", "jitter", "resolution")
+                                                       "flip", "jitter", "resolution",
+                                                       "compile")
              if getattr(options, name) is not None}
     if "lr_schedule" in given:
         build_schedule(given["lr_schedule"], kind="lr")  # a bad name fails now
