@@ -37,8 +37,9 @@ PRIORS = ["cross-entropy", "bn-stats:0.01,first_bn_multiplier=10", "tv-l2:1e-4",
 
 
 def naive_steps(module: nn.Module, teacher: Teacher, targets: torch.Tensor, size: int,
-                steps: int, seed: int = 0) -> float:
-    """Run ``steps`` naive iterations; return seconds per step."""
+                steps: int, seed: int = 0, keep: bool = False):
+    """Run ``steps`` naive iterations; return seconds per step (the best images with
+    ``keep``)."""
     device = targets.device
     for p in module.parameters():
         p.requires_grad_(True)  # as published: weight gradients computed, never used
@@ -61,7 +62,7 @@ def naive_steps(module: nn.Module, teacher: Teacher, targets: torch.Tensor, size
     opt = torch.optim.Adam([x], lr=0.2, betas=(0.5, 0.9), eps=1e-8)
     low, high = teacher.pixel_bounds(x)
     rng = random.Random(seed)
-    best_cost, best_x = float("inf"), None  # best_x: kept as the published loop keeps it
+    best_cost, best_x = float("inf"), None  # kept as the published loop keeps it
     try:
         _sync(device)
         started = time.perf_counter()
@@ -79,20 +80,20 @@ def naive_steps(module: nn.Module, teacher: Teacher, targets: torch.Tensor, size
             loss = loss + 1e-4 * (torch.norm(d1) + torch.norm(d2) + torch.norm(d3) + torch.norm(d4))
             loss = loss + 1e-5 * torch.norm(view.view(view.shape[0], -1), dim=1).mean()
             if loss.item() < best_cost:  # a device sync every step
-                best_cost, best_x = loss.item(), x.detach().clone()  # noqa: F841
+                best_cost, best_x = loss.item(), x.detach().clone()
             loss.backward()
             opt.step()
             with torch.no_grad():
                 x.data = torch.max(torch.min(x, high), low)
         _sync(device)
-        return (time.perf_counter() - started) / steps
+        return best_x if keep else (time.perf_counter() - started) / steps
     finally:
         for h in handles:
             h.remove()
 
 
 def invkit_steps(teacher: Teacher, targets: torch.Tensor, size: int, steps: int,
-                 seed: int = 0, amp: str = "fp32") -> float:
+                 seed: int = 0, amp: str = "fp32", compile: bool = False) -> float:
     """Run ``steps`` iterations of the real invkit loop; return seconds per step.
 
     Timed between the loop's first and last per-iteration callbacks, so the batch's
@@ -101,7 +102,7 @@ def invkit_steps(teacher: Teacher, targets: torch.Tensor, size: int, steps: int,
     objective = build_objective([parse_prior(p) for p in PRIORS])
     config = DIConfig(plan=(Stage(steps + 1, 1),), lr=0.2, jitter=2, flip=True, clip=True,
                       resolution=size, save_every=10**9, lr_schedule="warmup-cosine,warmup=1",
-                      amp=amp)
+                      amp=amp, compile=compile)
     method = DeepInversion(teacher, objective, config=config)
     stamps: list[float] = []
 
@@ -145,6 +146,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time invkit's step with --compile (compiling takes minutes "
+                             "on a CPU)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -156,12 +160,17 @@ def main() -> None:
     invkit_steps(teacher, targets, args.resolution, 2)  # warm-up both paths
     naive_steps(module, teacher, targets, args.resolution, 2)
     bare_steps(module, targets, args.resolution, 2)
-    naive, fast, bare, bf16 = [], [], [], []
+    if args.compile:
+        invkit_steps(teacher, targets, args.resolution, 2, compile=True)  # compiles
+    naive, fast, bare, bf16, compiled = [], [], [], [], []
     for _ in range(args.repeats):
         naive.append(naive_steps(module, teacher, targets, args.resolution, args.steps))
         fast.append(invkit_steps(teacher, targets, args.resolution, args.steps))
         bare.append(bare_steps(module, targets, args.resolution, args.steps))
         bf16.append(invkit_steps(teacher, targets, args.resolution, args.steps, amp="bf16"))
+        if args.compile:
+            compiled.append(invkit_steps(teacher, targets, args.resolution, args.steps,
+                                         compile=True))
     n, f, b, h = min(naive), min(fast), min(bare), min(bf16)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{args.arch} {args.resolution}px batch {args.batch} on {device} "
@@ -173,6 +182,10 @@ def main() -> None:
     print(f"bare forward + input-backward: {1000 * b:8.1f} ms "
           f"(invkit step / bare = {f / b:.2f}x)")
     print(f"invkit step, bf16 autocast: {1000 * h:8.1f} ms ({f / h:.2f}x the fp32 step)")
+    if compiled:
+        c = min(compiled)
+        print(f"invkit step, --compile: {1000 * c:8.1f} ms ({f / c:.2f}x the eager step, "
+              f"{c / b:.2f}x the bare eager step)")
 
 
 if __name__ == "__main__":

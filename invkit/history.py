@@ -303,8 +303,12 @@ def plot(csv_path: str | os.PathLike, png_path: str | os.PathLike,
         return None
     columns = min(3, len(panels))
     lines = math.ceil(len(panels) / columns)
-    # No pyplot: no global state, no display backend, safe in any process.
-    figure = Figure(figsize=(4.2 * columns, 2.8 * lines), layout="constrained")
+    # No pyplot: no global state, no display backend, safe in any process. Fixed margins,
+    # not the constrained layout: that doubled the cost of every run's picture (~1 s).
+    height = 2.8 * lines
+    figure = Figure(figsize=(4.2 * columns, height))
+    figure.subplots_adjust(left=0.22 / columns, right=0.98, bottom=0.5 / height,
+                           top=1 - 0.3 / height, wspace=0.35, hspace=0.6)
     FigureCanvasAgg(figure)
     for k, (column, title) in enumerate(panels):
         axes = figure.add_subplot(lines, columns, k + 1)
