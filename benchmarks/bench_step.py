@@ -15,6 +15,7 @@ backward to the input, the least any step must do) and invkit's step in bf16 aut
 
     python benchmarks/bench_step.py                       # ResNet-18, 64 px, batch 16, CPU
     python benchmarks/bench_step.py --arch resnet50 --resolution 224 --batch 64 --device cuda
+    python benchmarks/bench_step.py --arch digits --resolution 32 --batch 100 --compile
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from invkit import load_teacher
 from invkit.objective import build_objective, parse_prior
 from invkit.specs import Stage, Teacher, TeacherMeta
 from invkit_plugins.deepinversion.method import DeepInversion, DIConfig, augment
@@ -152,10 +154,14 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    module = getattr(torchvision.models, args.arch)(weights=None).to(device).eval()
-    meta = TeacherMeta(arch=args.arch, input_size=args.resolution, num_classes=1000)
-    teacher = Teacher(module=module, meta=meta, name=args.arch)
-    targets = torch.arange(args.batch, device=device) % 1000
+    if hasattr(torchvision.models, args.arch):
+        module = getattr(torchvision.models, args.arch)(weights=None).to(device).eval()
+        meta = TeacherMeta(arch=args.arch, input_size=args.resolution, num_classes=1000)
+        teacher = Teacher(module=module, meta=meta, name=args.arch)
+    else:  # an invkit teacher, e.g. the bundled digits (--resolution 32)
+        teacher = load_teacher(args.arch, device=device)
+        module = teacher.module.eval()
+    targets = torch.arange(args.batch, device=device) % teacher.meta.num_classes
 
     invkit_steps(teacher, targets, args.resolution, 2)  # warm-up both paths
     naive_steps(module, teacher, targets, args.resolution, 2)
