@@ -336,7 +336,7 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
               help="Weight of a cross-entropy over all classes on the new and replay images "
                    "trained through the head alone (features detached; Always Be Dreaming's), "
                    "so the rest of the network is not taught to tell generated from real "
-                   "images. Pair with --new-ce new.")
+                   "images. Pair with --new-ce new --replay-softmax old.")
 @click.option("--align-head/--no-align-head", default=False, show_default=True,
               help="Weight Aligning after training: scale the new classes' head rows so their "
                    "mean weight norm equals the old rows' (recorded in extend.json).")
