@@ -22,8 +22,9 @@ has seen the old validation images, no extended network has). No joint training 
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/digits_extend.py --seed 0
-    OMP_NUM_THREADS=1 python benchmarks/digits_extend.py --seed 0 --iterations 400  # README's
+    OMP_NUM_THREADS=1 python benchmarks/digits_extend.py --seed 0          # the README's table
+    OMP_NUM_THREADS=1 python benchmarks/digits_extend.py --seed 0 --iterations 400 \
+        --replay-dir OUT/seed0/replay400 --modes replay        # faster replay images
     python benchmarks/digits_extend.py --seed 0 --epochs 20 -- --lr 0.01   # flags after --
                                                                             # go to 'invkit extend'
     python benchmarks/digits_extend.py --seed 0 --validation --modes replay -- --align-head
