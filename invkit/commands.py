@@ -332,6 +332,14 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
               type=FiniteFloat(minimum=0),
               help="Learning rate of every layer but the head, as a multiple of --lr "
                    "(0 freezes them, BatchNorm statistics included).")
+@click.option("--head-ce-weight", default=0.0, show_default=True, type=FiniteFloat(minimum=0),
+              help="Weight of a cross-entropy over all classes on the new and replay images "
+                   "trained through the head alone (features detached; Always Be Dreaming's), "
+                   "so the rest of the network is not taught to tell generated from real "
+                   "images. Pair with --new-ce new --replay-softmax old.")
+@click.option("--align-head/--no-align-head", default=False, show_default=True,
+              help="Weight Aligning after training: scale the new classes' head rows so their "
+                   "mean weight norm equals the old rows' (recorded in extend.json).")
 @click.option("--no-distill", is_flag=True,
               help="Plain fine-tuning: cross-entropy on the new images only (forgets the old "
                    "classes; a baseline).")
@@ -359,7 +367,7 @@ def prune_command(teacher, arch, weights, trust_checkpoint, data, target_macs, a
 def extend_command(teacher, arch, weights, trust_checkpoint, new_data, replay, test_data, output,
                    overwrite, epochs, batch_size, replay_batch_size, ce_weight, replay_weight,
                    lwf_weight, replay_softmax, replay_ce_weight, new_ce, backbone_lr_scale,
-                   no_distill, temperature,
+                   head_ce_weight, align_head, no_distill, temperature,
                    lr, optimizer, weight_decay, padding, flip, head, seed, device, quiet):
     """Add new classes to a trained network without its old data (data-free continual
     learning): the teacher's head is widened to old + new classes and trained with
@@ -399,7 +407,8 @@ def extend_command(teacher, arch, weights, trust_checkpoint, new_data, replay, t
         ce_weight=ce_weight, replay_weight=replay_weight, lwf_weight=lwf_weight,
         distill=not no_distill, replay_batch_size=replay_batch_size, head=head,
         replay_softmax=replay_softmax, replay_ce_weight=replay_ce_weight, new_ce=new_ce,
-        backbone_lr_scale=backbone_lr_scale)
+        backbone_lr_scale=backbone_lr_scale, head_ce_weight=head_ce_weight,
+        align_head=align_head)
     find_head(teacher_net.module, teacher_net.meta.num_classes, head)  # before any output
     new = load_new_classes(new_data, teacher_net)
     replay_images = load_replay(replay_dirs, teacher_net) if replay_dirs else None

@@ -18,6 +18,14 @@ classes; the old weights and the old head rows are kept, the new rows start fres
   logits alone, on the new images (as Learning without Forgetting does: there the new
   classes must win).
 
+Two remedies for the new classes taking over old-class images, both off by default:
+``head_ce_weight`` x a cross-entropy over all classes on the new and replay images
+through the head alone, on features whose gradient is stopped (*Always Be Dreaming*,
+Smith et al. 2021; with ``new_ce="new"`` and ``replay_softmax="old"`` no term asks the
+rest of the network to tell old from new, so it is not taught to tell generated
+images from real ones); and ``align_head``, Weight Aligning (Zhao et al. 2020) after
+training (:func:`align_new_rows`).
+
 With no replay images it is LwF alone; with ``distill=False`` plain fine-tuning
 (cross-entropy on the new images only), which forgets the old classes. Every step
 feeds one batch of new images and one of replay images (cycled in a fresh order when
@@ -95,6 +103,15 @@ class ExtendConfig:
     ``backbone_lr_scale`` scales the learning rate of every layer but the head (0
     freezes them, BatchNorm statistics included).
 
+    Two remedies for a head biased towards the new classes (off by default, see the
+    README's benchmark): ``head_ce_weight`` adds *Always Be Dreaming*'s (Smith et al.
+    2021) head-only cross-entropy: over all classes, on the new images (their labels)
+    and the replay images (the teacher's predicted class), through the head alone on
+    the penultimate features with their gradient stopped, so the rest of the network is
+    not trained to tell generated images from real ones; pair it with ``new_ce="new"``
+    (their local cross-entropy). ``align_head`` applies Weight Aligning (Zhao et al.
+    2020) after training: :func:`align_new_rows`.
+
     Example:
         >>> from invkit.distill import DistillConfig
         >>> ExtendConfig(training=DistillConfig(epochs=10, lr=0.01, flip=False), lwf_weight=0.5)
@@ -118,6 +135,8 @@ class ExtendConfig:
     replay_ce_weight: float = 0.0
     new_ce: str = "all"
     backbone_lr_scale: float = 1.0
+    head_ce_weight: float = 0.0
+    align_head: bool = False
 
     def __post_init__(self):
         if self.replay_softmax not in REPLAY_SOFTMAX:
@@ -126,9 +145,12 @@ class ExtendConfig:
         if self.new_ce not in NEW_CE:
             raise InvkitError(f"new_ce {self.new_ce!r} is not one of: {', '.join(NEW_CE)}")
         for name in ("ce_weight", "replay_weight", "lwf_weight", "replay_ce_weight",
-                     "backbone_lr_scale"):
+                     "backbone_lr_scale", "head_ce_weight"):
             if not getattr(self, name) >= 0:
                 raise InvkitError(f"{name}={getattr(self, name)} must be 0 or more")
+        if not self.distill and self.head_ce_weight > 0:
+            raise InvkitError("head_ce_weight (the head-only cross-entropy) needs distillation: "
+                              "plain fine-tuning trains the whole network on the new images")
         if self.replay_batch_size is not None and self.replay_batch_size < 1:
             raise InvkitError(f"replay_batch_size={self.replay_batch_size} must be at least 1")
 
@@ -155,6 +177,7 @@ class ExtendResult:
     history: list[dict] = field(default_factory=list)
     teacher_test_acc_old: float | None = None
     seconds: float = 0.0
+    alignment: dict | None = None
 
     @property
     def final(self) -> dict:
@@ -173,6 +196,7 @@ class ExtendResult:
             "new_classes": list(names[self.old_classes:]),
             "class_names": list(names),
             "teacher_test_acc_old": self.teacher_test_acc_old,
+            "alignment": self.alignment,
             "final": final,
             "seconds": round(self.seconds, 2),
             "epochs": self.history,
@@ -419,6 +443,40 @@ def old_share_kd(new_logits: torch.Tensor, old_logits: torch.Tensor,
     return kl * temperature ** 2
 
 
+def align_new_rows(network: Teacher, old_classes: int, head: str | None = None) -> dict:
+    """Weight Aligning (Zhao et al. 2020): scale the new classes' head rows, weights and
+    biases alike, by ``gamma`` = mean L2 norm of the old rows' weights / that of the new
+    rows', so both groups' weight norms have the same mean (in place). The new logits
+    become ``gamma`` times what they were; the old rows are untouched. Returns
+    ``{"gamma", "old_norm", "new_norm"}`` (norms before).
+
+    Example:
+        >>> import torch
+        >>> from invkit.teachers import load_teacher
+        >>> net = widen(load_teacher("digits"), ["A", "B"])
+        >>> with torch.no_grad():
+        ...     net.module.fc.weight[10:] = 2 * net.module.fc.weight[:2]
+        >>> info = align_new_rows(net, old_classes=10)
+        >>> norms = net.module.fc.weight.norm(dim=1)
+        >>> torch.allclose(norms[10:].mean(), norms[:10].mean())
+        True
+    """
+    from invkit.teachers.heads import find_head
+
+    _, layer = find_head(network.module, network.meta.num_classes, head)
+    if not 0 < old_classes < layer.out_features:
+        raise InvkitError(f"cannot align the head: {old_classes} old classes of "
+                          f"{layer.out_features}")
+    with torch.no_grad():
+        norms = layer.weight.norm(dim=1)
+        old_norm, new_norm = norms[:old_classes].mean(), norms[old_classes:].mean()
+        gamma = (old_norm / new_norm).item() if new_norm > 0 else 1.0
+        layer.weight[old_classes:] *= gamma
+        if layer.bias is not None:
+            layer.bias[old_classes:] *= gamma
+    return {"gamma": gamma, "old_norm": old_norm.item(), "new_norm": new_norm.item()}
+
+
 class _Cycle:
     """Index batches over ``n`` items forever, reshuffled after each pass."""
 
@@ -518,8 +576,25 @@ def extend(teacher: Teacher, new: NewClasses, replay: torch.Tensor | None = None
                 progress.log(f"epoch {epoch}/{train.epochs}: " + _accuracy_line(record))
         if on_epoch is not None:
             on_epoch(record)
+    if config.align_head:
+        result.alignment = _align(network, old, config, test, result.history)
+        if progress is not None and test is not None:
+            progress.log(f"weight aligning (gamma {result.alignment['gamma']:.3f}): "
+                         + _accuracy_line(result.final))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _align(network: Teacher, old: int, config: ExtendConfig, test, history: list[dict],
+           ) -> dict:
+    """Weight Aligning after training; the last epoch's test accuracies become the aligned
+    network's, the unaligned ones are kept in the returned record under ``"before"``."""
+    info = align_new_rows(network, old, config.head)
+    if test is not None and history:
+        keys = ("test_acc", "test_acc_old", "test_acc_new")
+        info["before"] = {k: history[-1].get(k) for k in keys}
+        history[-1].update(split_accuracy(network, test, old, config.training.eval_batch_size))
+    return info
 
 
 def _param_groups(network: Teacher, config: ExtendConfig) -> list[dict]:
@@ -567,7 +642,14 @@ def _train_epoch(teacher: Teacher, network: Teacher, optimizer: torch.optim.Opti
     # A frozen backbone keeps its BatchNorm statistics too: the network stays in eval mode.
     net.train(config.backbone_lr_scale > 0)
     sums = {k: torch.zeros((), device=device)
-            for k in ("loss", "ce", "replay_kd", "lwf_kd", "replay_ce")}
+            for k in ("loss", "ce", "replay_kd", "lwf_kd", "replay_ce", "head_ce")}
+    features: list[torch.Tensor] = []
+    head_hook = None
+    if config.head_ce_weight > 0:
+        from invkit.teachers.heads import find_head
+
+        _, head = find_head(net, network.meta.num_classes, config.head)
+        head_hook = head.register_forward_pre_hook(lambda _, args: features.append(args[0]))
     hits = torch.zeros((), dtype=torch.int64, device=device)
     for index, lr in zip(steps, lrs):
         for group in optimizer.param_groups:
@@ -597,6 +679,13 @@ def _train_epoch(teacher: Teacher, network: Teacher, optimizer: torch.optim.Opti
                 if config.replay_ce_weight > 0:
                     terms["replay_ce"] = F.cross_entropy(logits[b:], old_logits[b:].argmax(1))
                     loss = loss + config.replay_ce_weight * terms["replay_ce"]
+            if head_hook is not None:
+                # Always Be Dreaming's head-only loss: the features' gradient is stopped, so
+                # only the head learns where old classes end and new ones begin.
+                labels = torch.cat([y, old_logits[b:].argmax(1)])
+                terms["head_ce"] = F.cross_entropy(head(features.pop().detach()), labels)
+                loss = loss + config.head_ce_weight * terms["head_ce"]
+        features.clear()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if train.grad_clip is not None:
@@ -610,11 +699,14 @@ def _train_epoch(teacher: Teacher, network: Teacher, optimizer: torch.optim.Opti
         if progress is not None:
             progress.advance()
     net.eval()
+    if head_hook is not None:
+        head_hook.remove()
     n = sum(index.numel() for index in steps)
     replaying = config.distill and cycle is not None
     present = {"loss", "ce"} | ({"lwf_kd"} if config.distill else set()) | (
         {"replay_kd"} if replaying else set()) | (
-        {"replay_ce"} if replaying and config.replay_ce_weight > 0 else set())
+        {"replay_ce"} if replaying and config.replay_ce_weight > 0 else set()) | (
+        {"head_ce"} if config.distill and head_hook is not None else set())
     record = {k: v.item() / n for k, v in sums.items() if k in present}
     record["train_acc_new"] = hits.item() / n
     return record
@@ -669,7 +761,7 @@ def save_extended(result: ExtendResult, out_dir: Path | str, teacher: Teacher | 
 
 __all__ = [
     "ExtendConfig", "NewClasses", "ExtendResult", "class_names_of", "combined_names",
-    "old_share_kd",
+    "old_share_kd", "align_new_rows",
     "widen", "load_new_classes", "load_replay", "load_extend_test", "split_accuracy",
     "extend", "save_extended", "WEIGHTS_FILE", "REPORT_FILE",
 ]

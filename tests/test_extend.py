@@ -17,7 +17,7 @@ from invkit.distill import DistillConfig, kd_loss
 from invkit.errors import InvkitError
 from invkit.extend import (
     ExtendConfig, NewClasses, extend, load_extend_test, load_new_classes, load_replay,
-    old_share_kd, save_extended, widen,
+    align_new_rows, old_share_kd, save_extended, widen,
 )
 from invkit.output import save_png
 from invkit.teachers import load_teacher, save_teacher
@@ -110,7 +110,7 @@ def test_old_share_kd_penalises_new_class_mass():
 
 
 @pytest.mark.parametrize("mode", ["finetune", "lwf", "replay", "replay-old-softmax",
-                                  "replay-ce-local"])
+                                  "replay-ce-local", "replay-head-ce"])
 def test_first_epoch_loss_is_the_documented_sum(mode):
     """One step over every image: the recorded loss is the loss at the initial weights."""
     teacher = names_teacher()
@@ -121,7 +121,8 @@ def test_first_epoch_loss_is_the_documented_sum(mode):
     config = quick(batch_size=64, distill=mode != "finetune", lwf_weight=0.5, replay_weight=2.0,
                    ce_weight=1.5, replay_softmax="old" if mode.endswith("softmax") else "all",
                    replay_ce_weight=0.7 if mode.endswith("local") else 0.0,
-                   new_ce="new" if mode.endswith("local") else "all")
+                   new_ce="new" if mode.endswith("local") else "all",
+                   head_ce_weight=0.3 if mode.endswith("head-ce") else 0.0)
     torch.manual_seed(3)
     result = extend(teacher, new, replay, config=config)
     torch.manual_seed(3)
@@ -151,10 +152,15 @@ def test_first_epoch_loss_is_the_documented_sum(mode):
         replay_ce = F.cross_entropy(logits[b:], old[b:].argmax(1))
         expected["replay_ce"] = replay_ce.item()
         loss = loss + 0.7 * replay_ce
+    if mode.endswith("head-ce"):
+        # The head on the (detached) features gives the same values as the logits.
+        head_ce = F.cross_entropy(logits, torch.cat([new.targets + 10, old[b:].argmax(1)]))
+        expected["head_ce"] = head_ce.item()
+        loss = loss + 0.3 * head_ce
     record = result.history[0]
     assert result.mode == mode.split("-")[0]
     assert set(expected) | {"loss"} == set(record) & {"loss", "ce", "lwf_kd", "replay_kd",
-                                                       "replay_ce"}
+                                                       "replay_ce", "head_ce"}
     for key, value in {**expected, "loss": loss.item()}.items():
         assert record[key] == pytest.approx(value, rel=1e-4), key
 
@@ -187,6 +193,78 @@ def test_frozen_backbone_trains_the_head_only():
     changed = {k for k in before if not k.startswith("7.") and not torch.equal(before[k], after[k])}
     assert changed == set()  # convolutions and BatchNorm statistics (running means) kept
     assert not torch.equal(after["7.weight"][:10], before["7.weight"])  # the head trained
+
+
+def test_head_ce_trains_only_the_head():
+    """With every other weight 0 the head-only cross-entropy leaves the rest unchanged."""
+    teacher = names_teacher()
+    g = torch.Generator().manual_seed(2)
+    replay = torch.randint(0, 256, (6, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    config = quick(ce_weight=0.0, lwf_weight=0.0, replay_weight=0.0, head_ce_weight=1.0)
+    # No weight decay: it would move every weight, gradient or not.
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                      weight_decay=0.0))
+    torch.manual_seed(0)
+    result = extend(teacher, _new_classes(), replay, config=config)
+    torch.manual_seed(0)
+    start = widen(teacher, ("k", "l"))
+    name, _ = find_head(start.module, 12)
+    after = dict(result.network.module.named_parameters())
+    for key, value in start.module.named_parameters():
+        assert torch.equal(after[key], value) == (not key.startswith(name + ".")), key
+    assert result.history[0]["head_ce"] > 0
+    with pytest.raises(InvkitError, match="head_ce_weight .* needs distillation"):
+        quick(distill=False, head_ce_weight=1.0)
+
+
+def test_align_new_rows_equalises_the_mean_norms_exactly():
+    teacher = names_teacher()
+    net = widen(teacher, ("k", "l"))
+    _, layer = find_head(net.module, 12)
+    with torch.no_grad():
+        layer.weight[10] = torch.tensor([3.0, 4.0] + [0.0] * (layer.in_features - 2))  # norm 5
+        layer.weight[11] = torch.tensor([0.0] * (layer.in_features - 1) + [1.0])       # norm 1
+        layer.bias[10:] = torch.tensor([0.5, -1.0])
+    old_w, old_b = layer.weight[:10].clone(), layer.bias[:10].clone()
+    x = torch.rand(4, 3, SIZE, SIZE)
+    with torch.no_grad():
+        before = net.module(net.prepare(x))
+    old_norm = old_w.norm(dim=1).mean().item()
+    info = align_new_rows(net, 10)
+    assert info["new_norm"] == pytest.approx(3.0) and info["old_norm"] == pytest.approx(old_norm)
+    assert info["gamma"] == pytest.approx(old_norm / 3.0)
+    norms = layer.weight.norm(dim=1)
+    assert norms[10:].mean().item() == pytest.approx(norms[:10].mean().item(), rel=1e-6)
+    assert norms[10].item() == pytest.approx(5 * info["gamma"], rel=1e-6)
+    assert torch.equal(layer.weight[:10], old_w) and torch.equal(layer.bias[:10], old_b)
+    assert layer.bias[10:].tolist() == pytest.approx([0.5 * info["gamma"], -info["gamma"]])
+    with torch.no_grad():
+        after = net.module(net.prepare(x))
+    assert torch.equal(after[:, :10], before[:, :10])     # old logits untouched
+    assert torch.allclose(after[:, 10:], info["gamma"] * before[:, 10:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvkitError, match="cannot align the head: 12 old classes of 12"):
+        align_new_rows(net, 12)
+
+
+def test_extend_align_head_records_gamma_and_aligned_accuracy():
+    teacher = names_teacher()
+    new = _new_classes(16)
+    test = (torch.rand(12, 3, SIZE, SIZE), torch.arange(12))
+    torch.manual_seed(0)
+    plain = extend(teacher, new, None, config=quick(), test=test)
+    torch.manual_seed(0)
+    aligned = extend(teacher, new, None, config=quick(align_head=True), test=test)
+    assert plain.alignment is None and plain.summary()["alignment"] is None
+    info = aligned.summary()["alignment"]
+    assert set(info) == {"gamma", "old_norm", "new_norm", "before"}
+    # Same training (same seeds), then alignment: "before" is the unaligned network's.
+    assert info["before"] == {k: plain.final[k] for k in ("test_acc", "test_acc_old",
+                                                          "test_acc_new")}
+    _, a = find_head(aligned.network.module, 12)
+    _, p = find_head(plain.network.module, 12)
+    assert torch.equal(a.weight[:10], p.weight[:10])
+    assert torch.allclose(a.weight[10:], info["gamma"] * p.weight[10:])
+    assert aligned.summary()["config"]["align_head"] is True
 
 
 def test_fine_tuning_with_replay_is_refused():
@@ -299,9 +377,11 @@ def test_cli_extend_writes_the_network_and_report(invoke, cli_setup):
     assert load_teacher(f"checkpoint:{record['weights']}").meta.class_names[-2:] == ("k", "l")
     again = invoke(*_args(tmp_path, teacher, "--replay", "none"))
     assert again.exit_code == 2 and "already holds extended.safetensors" in again.output
-    forced = invoke(*_args(tmp_path, teacher, "--no-distill", "--overwrite"))
+    forced = invoke(*_args(tmp_path, teacher, "--no-distill", "--overwrite", "--align-head"))
     assert forced.exit_code == 0, forced.output
-    assert json.loads((tmp_path / "out" / "extend.json").read_text())["mode"] == "finetune"
+    record = json.loads((tmp_path / "out" / "extend.json").read_text())
+    assert record["mode"] == "finetune" and record["config"]["align_head"] is True
+    assert record["alignment"]["gamma"] > 0 and "weight aligning (gamma" in forced.output
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -309,6 +389,8 @@ def test_cli_extend_writes_the_network_and_report(invoke, cli_setup):
     (("--replay", "none", "--replay", "x"), "--replay none cannot be combined"),
     (("--no-distill", "--replay", "x"), "--no-distill is plain fine-tuning"),
     (("--replay", "none", "--head", "fc"), "no layer named 'fc'"),
+    (("--no-distill", "--head-ce-weight", "1"), "head_ce_weight (the head-only cross-entropy) "
+                                                "needs distillation"),
 ])
 def test_cli_errors_are_one_line_exit_2(invoke, cli_setup, extra, message):
     tmp_path, teacher = cli_setup
