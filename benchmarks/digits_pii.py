@@ -19,6 +19,7 @@ Prints one table (and writes it with every figure to ``OUT/quality.json``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -53,7 +54,12 @@ def parse_args(argv=None):
     parser.add_argument("--distill-padding", type=int, default=None,
                         help="distillation's random-crop padding in px (default: 1/8 of "
                              "the size, 4 px)")
-    parser.add_argument("--reuse", action="store_true", help="reuse OUT/pii if it exists")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse OUT/pii if it exists, and OUT/noise.json if it was "
+                             "distilled with the same settings")
+    parser.add_argument("--noise-only", type=int, metavar="N",
+                        help="only distill the noise student on N images into "
+                             "OUT/noise.json (to run beside a generation)")
     parser.add_argument("--validate", action="store_true",
                         help="test students on 400 of the TRAINING digits (a fixed random "
                              "subset) instead of the held-out split: for tuning settings")
@@ -81,6 +87,8 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     teacher, verifier = load_teacher(TEACHER), load_teacher(VERIFIER)
     test = validation_digits() if args.validate else load_test_data("digits")
+    if args.noise_only:
+        return noise_student(teacher, args.noise_only, test, args)
     figures: dict = {"args": {k: (str(v) if isinstance(v, Path) else v)
                               for k, v in vars(args).items()}}
     pii_dir = args.out / "pii"
@@ -93,14 +101,32 @@ def main(argv=None) -> dict:
     figures["verifier_on_generated"] = evaluate_dir(pii_dir, verifier)["top1"]
     print("distilling on Plug-In Inversion images ...", flush=True)
     figures["student_pii"] = run_distill(teacher, images, targets, test, args)
-    print("distilling on Gaussian noise ...", flush=True)
-    noise = gaussian_noise(teacher, images.shape[0], args.seed + 1)
-    figures["student_noise"] = run_distill(teacher, noise, None, test, args)
+    figures["student_noise"] = noise_student(teacher, images.shape[0], test, args)
     table = format_table(figures)
     print(table)
     figures["table"] = table
     write_json(args.out / "quality.json", figures)
     return figures
+
+
+def noise_student(teacher, n: int, test, args) -> dict:
+    """The lower-bound row: the student distilled on ``n`` Gaussian-noise images, cached
+    in ``OUT/noise.json`` with what it depends on (reused with ``--reuse``)."""
+    path = args.out / "noise.json"
+    key = {name: getattr(args, name) for name in ("epochs", "distill_lr", "distill_bs",
+                                                  "temperature", "seed", "distill_padding",
+                                                  "validate")}
+    key["images"] = n
+    if args.reuse and path.is_file():
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            print(f"reusing the noise student of {path}", flush=True)
+            return cached["student_noise"]
+    print("distilling on Gaussian noise ...", flush=True)
+    noise = gaussian_noise(teacher, n, args.seed + 1)
+    result = run_distill(teacher, noise, None, test, args)
+    write_json(path, {"key": key, "student_noise": result})
+    return result
 
 
 def validation_digits(n: int = 400, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor]:
