@@ -10,8 +10,9 @@
 
 Usage::
 
-    python benchmarks/digits_pii.py --seed 0                       # 1,000 images
-    python benchmarks/digits_pii.py --seed 0 --images-per-class 20 -- --iterations 200
+    python benchmarks/digits_pii.py --seed 0 --distill-padding 8   # the README's table
+    python benchmarks/digits_pii.py --seed 0 --images-per-class 10 --epochs 80 \
+        --distill-padding 8 --validate -- --prior tv-l2:1e-3       # a tuning probe
 
 Prints one table (and writes it with every figure to ``OUT/quality.json``).
 """
