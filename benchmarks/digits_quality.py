@@ -88,9 +88,11 @@ def generate(out: Path, args) -> float:
 
 
 def student_config(args) -> DistillConfig:
-    # Digits are not mirror-invariant: no flips.
+    # Digits are not mirror-invariant: no flips. A wider crop only where a caller asks
+    # (benchmarks/digits_pii.py --distill-padding).
     return DistillConfig(epochs=args.epochs, batch_size=args.distill_bs, lr=args.distill_lr,
-                         temperature=args.temperature, flip=False, seed=args.seed)
+                         temperature=args.temperature, flip=False, seed=args.seed,
+                         padding=getattr(args, "distill_padding", None))
 
 
 def fresh_student(seed: int):

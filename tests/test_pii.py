@@ -173,3 +173,17 @@ def test_registered_through_the_entry_point_group_and_the_builtin_fallback(tmp_p
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "False"
+
+
+def test_presets_are_pinned_and_only_digits_adds_a_smoothness_prior(invoke):
+    from invkit_plugins.plugin_inversion import PRESETS
+
+    digits, general = PRESETS
+    assert (digits.bs, digits.priors, digits.options) == (100, ("tv-l2:3e-4",), PIIOptions(
+        iterations=200, lr=0.1, ensemble=8, color_shift=0.3, zoom=0.7, flip=False))
+    assert (general.bs, general.priors, general.options) == (32, (), PIIOptions(
+        iterations=2000, lr=0.1, ensemble=8, color_shift=1.0, zoom=0.5, flip=True))
+    dry = invoke("run", "pii", "--teacher", "digits-vit", "--dry-run")
+    assert "objective: 1*cross-entropy + 0.0003*tv-l2\n" in dry.output
+    dry = invoke("run", "pii", "--teacher", "digits-vit", "--preset", "general", "--dry-run")
+    assert "objective: 1*cross-entropy\n" in dry.output
