@@ -218,7 +218,7 @@ class Objective:
         return self * (1.0 / float(weight))
 
     def __neg__(self) -> Objective:
-        return self * -1.0
+        return Objective((-w, p) for w, p in self.terms)
 
     def __sub__(self, other: Prior | Objective) -> Objective:
         if not isinstance(other, (Prior, Objective)):

@@ -359,9 +359,9 @@ def _remove_run(path: Path) -> None:
             else:
                 entry.unlink()
     except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
         raise InvkitError(f"cannot remove the earlier run in {str(path)!r}: "
-                          f"{error.strerror or error} ({getattr(error, 'filename', '')})") \
-            from None
+                          f"{error.strerror or error}{where}") from None
 
 
 def next_free_dir(path: str | os.PathLike) -> Path:

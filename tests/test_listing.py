@@ -131,3 +131,11 @@ def test_scale_plan_keeps_proportions():
     assert scale_plan((Stage(2000, 2), Stage(1000)), 300) == (Stage(200, 2), Stage(100))
     assert scale_plan((Stage(2000),), 7) == (Stage(7),)
     assert sum(s.iterations for s in scale_plan((Stage(2000, 2), Stage(1000)), 301)) == 301
+
+
+def test_natural_order_puts_numbers_before_text_and_is_total():
+    from invkit.registry import natural_key
+
+    assert sorted(["b", "a", "10", "9", "1a", "x2", "x10", "x1b"], key=natural_key) == [
+        "1a", "9", "10", "a", "b", "x1b", "x2", "x10"]
+    assert sorted(["1", "01", "001"], key=natural_key) == ["001", "01", "1"]

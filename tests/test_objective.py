@@ -256,3 +256,15 @@ def test_non_finite_weights_and_options_name_what_they_belong_to():
     with pytest.raises(InvkitError) as error:
         Option("k", float, 1.0).parse("inf")
     assert str(error.value) == "option k=inf is not a finite number"
+
+
+def test_built_in_schedules_pinned():
+    import math
+
+    from invkit.schedules import build_schedule
+
+    constant = build_schedule("constant")
+    assert [constant(i, 10) for i in (0, 9)] == [1.0, 1.0]
+    cosine = build_schedule("cosine")
+    assert [cosine(i, 100) for i in (0, 50, 100)] == [1.0, 0.5 * (1 + math.cos(math.pi / 2)), 0.0]
+    assert cosine(1, 100) == 0.5 * (1 + math.cos(math.pi / 100))

@@ -144,3 +144,61 @@ def test_next_free_dir_names_the_first_free_numbered_directory(tmp_path):
     assert next_free_dir(run) == tmp_path / "generations" / "digits-4"
     assert not (tmp_path / "generations" / "digits-4").exists()  # nothing created
     assert next_free_dir(str(run)) == tmp_path / "generations" / "digits-4"
+
+
+def test_refusals_name_at_most_three_entries():
+    from invkit.output import _some
+
+    assert _some(["a", "b"]) == "a, b"
+    assert _some(["a", "b", "c"]) == "a, b, c"
+    assert _some(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
+
+
+def test_overwrite_keeps_the_lock_and_removes_every_run_entry(tmp_path):
+    from invkit.lock import LOCK_NAME
+
+    out = tmp_path / "run"
+    _fake_run(out)
+    (out / LOCK_NAME).write_text("")           # sorts first: the rest is still removed
+    (out / "eval.json").write_text("{}")
+    prepare_output_dir(out, overwrite=True)
+    assert os.listdir(out) == [LOCK_NAME]
+
+
+def test_remove_run_skips_what_no_run_writes(tmp_path):
+    from invkit.output import _remove_run
+
+    out = tmp_path / "run"
+    _fake_run(out)
+    (out / "A-notes.txt").write_text("mine")   # sorts before every run entry
+    _remove_run(out)
+    assert os.listdir(out) == ["A-notes.txt"]
+
+
+def test_a_run_that_cannot_be_removed_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "run"
+    _fake_run(out)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(out, overwrite=True)
+    assert str(error.value) == (f"cannot remove the earlier run in {str(out)!r}: Permission denied "
+                                f"({out / 'images'})")
+    monkeypatch.setattr(shutil, "rmtree", lambda path: (_ for _ in ()).throw(OSError("odd")))
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(out, overwrite=True)
+    assert str(error.value) == f"cannot remove the earlier run in {str(out)!r}: odd"
+
+
+def test_next_free_dir_of_the_current_directory_numbers_it(tmp_path, monkeypatch):
+    from invkit.output import next_free_dir
+
+    run = tmp_path / "digits"
+    _fake_run(run)
+    monkeypatch.chdir(run)
+    assert next_free_dir(".") == tmp_path / "digits-2"
