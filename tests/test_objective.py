@@ -268,3 +268,11 @@ def test_built_in_schedules_pinned():
     cosine = build_schedule("cosine")
     assert [cosine(i, 100) for i in (0, 50, 100)] == [1.0, 0.5 * (1 + math.cos(math.pi / 2)), 0.0]
     assert cosine(1, 100) == 0.5 * (1 + math.cos(math.pi / 100))
+
+
+def test_total_variation_names_and_refusal():
+    assert (TotalVariation(p=1).name, TotalVariation(p=2).name, TotalVariation().p) == (
+        "tv-l1", "tv-l2", 2)
+    with pytest.raises(ValueError) as error:
+        TotalVariation(p=3)
+    assert str(error.value) == "p must be 1 or 2, not 3"
