@@ -236,7 +236,7 @@ def is_invkit_run(path: str | os.PathLike) -> bool:
     """
     state = Path(path) / RUN_STATE
     try:
-        data = json.loads(state.read_text(encoding="utf-8"))
+        data = json.loads(state.read_bytes())  # bytes: JSON is UTF-8 whatever the locale
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "plan" in data

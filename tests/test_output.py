@@ -202,3 +202,14 @@ def test_next_free_dir_of_the_current_directory_numbers_it(tmp_path, monkeypatch
     _fake_run(run)
     monkeypatch.chdir(run)
     assert next_free_dir(".") == tmp_path / "digits-2"
+
+
+def test_a_run_is_a_directory_whose_state_is_an_object_with_a_plan(tmp_path):
+    from invkit.output import is_invkit_run
+
+    state = tmp_path / "state" / "run.json"
+    state.parent.mkdir()
+    for text, expected in [('{"plan": "a"}', True), ('{"version": 1}', False), ('["plan"]', False),
+                           ("{", False), ('{"plan": "\u00e9"}', True)]:
+        state.write_text(text, encoding="utf-8")
+        assert is_invkit_run(tmp_path) is expected, text

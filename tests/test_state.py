@@ -147,3 +147,10 @@ def test_plan_fingerprint_is_the_short_sha256_of_the_plan():
     text = b"[[0, [0, 1], 5], [1, [2], 9]]"
     assert plan_fingerprint(plan) == hashlib.sha256(text).hexdigest()[:16]
     assert len(plan_fingerprint(plan)) == 16
+
+
+def test_differences_skip_only_the_version_and_show_null_against_unset():
+    old = {"version": 1, "config": {"t": None, "zeta": 1}}
+    new = {"version": 2, "config": {"zeta": 2}}
+    # "zeta" sorts after "version": the version is skipped, not the end of the comparison.
+    assert _differences(old, new) == ["t (null -> <unset>)", "zeta (1 -> 2)"]
