@@ -213,3 +213,28 @@ def test_a_run_is_a_directory_whose_state_is_an_object_with_a_plan(tmp_path):
                            ("{", False), ('{"plan": "\u00e9"}', True)]:
         state.write_text(text, encoding="utf-8")
         assert is_invkit_run(tmp_path) is expected, text
+
+
+def test_sanitised_names_collapse_strip_and_cut_at_60():
+    assert class_dirname(1, 10, "a__b") == "001_a_b"
+    assert class_dirname(1, 10, "_.a._") == "001_a"
+    assert class_dirname(1, 10, "b" * 70) == "001_" + "b" * 60
+    assert class_dirname(1, 10, "x" * 59 + ".y") == "001_" + "x" * 59  # no trailing dot
+
+
+def test_save_grid_pixels_exactly(tmp_path):
+    images = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
+    images[1] = 255                                    # uint8 images are read as /255
+    save_grid(tmp_path / "g.png", images, nrow=2, padding=1)
+    with Image.open(tmp_path / "g.png") as png:
+        pixels = np.asarray(png.convert("L"))
+    row = [255, 0, 0, 255, 255, 255, 255]              # white padding, black, white image
+    assert pixels.tolist() == [[255] * 7, row, row, [255] * 7]
+    save_grid(tmp_path / "one.png", torch.full((1, 3, 2, 2), 0.5))   # one image: itself
+    with Image.open(tmp_path / "one.png") as png:
+        assert png.size == (2, 2) and png.getpixel((1, 1)) == (128, 128, 128)
+    for bad in (torch.zeros(3, 4, 4), torch.zeros(0, 3, 4, 4)):
+        with pytest.raises(ValueError) as error:
+            save_grid(tmp_path / "bad.png", bad)
+        assert str(error.value) == ("expected a non-empty batch shaped (N, C, H, W), got "
+                                    f"{tuple(bad.shape)}")

@@ -61,7 +61,7 @@ def start(layout: Layout, settings: dict, *, resume: bool, overwrite: bool) -> s
             )
     else:  # (prepare_output_dir refused a non-empty directory that holds no run)
         write_json(state_file, settings)
-    (layout.state / "batches").mkdir(parents=True, exist_ok=True)
+    (layout.state / "batches").mkdir(exist_ok=True)  # state/ holds run.json by now
     return {b.index for b in layout.batches if _complete(layout, b.index)}
 
 
