@@ -122,6 +122,23 @@ def test_configure_refuses_a_resolution_the_plan_cannot_pool():
         configure(DIOptions(setting_id=0, resolution=33), Context(TeacherMeta("t", 32, 10)))
 
 
+def test_configure_takes_the_setting_plan_schedule_and_context():
+    meta = TeacherMeta("t", 32, 10)
+    config = configure(DIOptions(setting_id=2, plan="single-stage,iterations=50",
+                                 lr_schedule="cosine"),
+                       Context(meta, precision="bf16", checkpoint_every=7))
+    assert (config.plan, config.betas, config.clip, config.amp, config.save_every,
+            config.lr_schedule) == ((Stage(50),), (0.9, 0.999), False, "bf16", 7, "cosine")
+    assert configure(DIOptions(), Context(meta)).plan == (Stage(2000, 2), Stage(1000, 1))
+
+
+def test_configure_refuses_a_plan_given_as_the_learning_rate_schedule():
+    with pytest.raises(InvkitError) as error:
+        configure(DIOptions(lr_schedule="single-stage"), Context(TeacherMeta("t", 32, 10)))
+    assert str(error.value).startswith(
+        "schedule 'single-stage' is a plan schedule, not a lr one (valid: constant, cosine, ")
+
+
 # ------------------------------------------------------- settings, plans, learning rate
 
 
