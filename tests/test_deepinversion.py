@@ -132,6 +132,17 @@ def test_configure_takes_the_setting_plan_schedule_and_context():
     assert configure(DIOptions(), Context(meta)).plan == (Stage(2000, 2), Stage(1000, 1))
 
 
+def test_configure_checks_memory_for_the_batch_at_its_resolution(monkeypatch):
+    import invkit_plugins.deepinversion.options as di_options
+    from invkit import estimate_inversion_bytes
+
+    calls = []
+    monkeypatch.setattr(di_options, "check_memory", lambda *args: calls.append(args))
+    configure(DIOptions(resolution=48, setting_id=1),
+              Context(TeacherMeta("t", 32, 10), batch_size=6, device="meta"))
+    assert calls == [(estimate_inversion_bytes(6, 3, 48), "a batch of 6 images at 48 px", "meta")]
+
+
 def test_configure_refuses_a_plan_given_as_the_learning_rate_schedule():
     with pytest.raises(InvkitError) as error:
         configure(DIOptions(lr_schedule="single-stage"), Context(TeacherMeta("t", 32, 10)))

@@ -162,3 +162,9 @@ def test_schedule_refusals_are_exact():
                                 "key=value")
     assert build_schedule(" warmup-cosine , warmup = 4 ")(3, 10) == 1.0
     assert build_schedule("warmup-cosine")(0, 1000) == 0.01
+
+
+def test_single_stage_default_is_2000_full_resolution_iterations():
+    from invkit.schedules import single_stage
+
+    assert single_stage() == (Stage(2000, 1),)
