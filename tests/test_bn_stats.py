@@ -194,3 +194,8 @@ def test_bn_stats_refusal_is_exact():
         BNStats().setup(Setup(Teacher(net, TeacherMeta("nobn", 8, 2), "nobn")))
     assert str(error.value) == ("prior bn-stats needs a teacher with BatchNorm2d layers; teacher "
                                 "'nobn' has none (drop the term with --r-feature 0)")
+
+
+def test_bn_stats_default_first_layer_multiplier_is_10():
+    assert BNStats().first_bn_multiplier == 10.0
+    assert BNStats().describe() == "bn-stats(first_bn_multiplier=10)"

@@ -168,3 +168,19 @@ def test_single_stage_default_is_2000_full_resolution_iterations():
     from invkit.schedules import single_stage
 
     assert single_stage() == (Stage(2000, 1),)
+
+
+def test_schedule_option_errors_and_short_spans():
+    from invkit.errors import InvkitError
+    from invkit.schedules import build_schedule
+
+    with pytest.raises(InvkitError) as error:
+        build_schedule("warmup-cosine,foo=1")
+    assert str(error.value) == "schedule 'warmup-cosine' has no option 'foo' (valid options: warmup)"
+    with pytest.raises(InvkitError) as error:
+        build_schedule("warmup-cosine,warmup=1=2")      # the first '=' splits key and value
+    assert str(error.value) == "option warmup='1=2' is not a valid int"
+    assert warmup_cosine()(99, 1000) == 1.0             # default warm-up: 100 iterations
+    # One iteration (or none) after the warm-up still ends at 0.
+    assert warmup_cosine(warmup=2)(3, 3) == 0.0
+    assert warmup_cosine(warmup=2)(3, 2) == 0.0
