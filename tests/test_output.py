@@ -220,15 +220,16 @@ def test_sanitised_names_collapse_strip_and_cut_at_60():
     assert class_dirname(1, 10, "_.a._") == "001_a"
     assert class_dirname(1, 10, "b" * 70) == "001_" + "b" * 60
     assert class_dirname(1, 10, "x" * 59 + ".y") == "001_" + "x" * 59  # no trailing dot
+    assert class_dirname(1, 10, "X-ray boX") == "001_X-ray_boX"      # only '.' and '_' stripped
 
 
 def test_save_grid_pixels_exactly(tmp_path):
     images = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
-    images[1] = 255                                    # uint8 images are read as /255
+    images[1] = 51                                     # uint8 images are read as /255
     save_grid(tmp_path / "g.png", images, nrow=2, padding=1)
     with Image.open(tmp_path / "g.png") as png:
         pixels = np.asarray(png.convert("L"))
-    row = [255, 0, 0, 255, 255, 255, 255]              # white padding, black, white image
+    row = [255, 0, 0, 255, 51, 51, 255]                # white padding, black, grey image
     assert pixels.tolist() == [[255] * 7, row, row, [255] * 7]
     save_grid(tmp_path / "one.png", torch.full((1, 3, 2, 2), 0.5))   # one image: itself
     with Image.open(tmp_path / "one.png") as png:
@@ -238,3 +239,17 @@ def test_save_grid_pixels_exactly(tmp_path):
             save_grid(tmp_path / "bad.png", bad)
         assert str(error.value) == ("expected a non-empty batch shaped (N, C, H, W), got "
                                     f"{tuple(bad.shape)}")
+
+
+def test_png_bytes_takes_one_or_three_channels(tmp_path):
+    import io
+
+    from invkit.output import png_bytes
+
+    grey = png_bytes(torch.full((1, 2, 3), 0.2))
+    with Image.open(io.BytesIO(grey)) as png:
+        assert (png.mode, png.size, png.getpixel((0, 0))) == ("L", (3, 2), 51)
+    for bad in (torch.zeros(2, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(4, 4)):
+        with pytest.raises(ValueError) as error:
+            png_bytes(bad)
+        assert str(error.value) == f"expected an image shaped (1 or 3, H, W), got {tuple(bad.shape)}"
