@@ -76,7 +76,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0)  # pragma: no mutate (any value: the old mask comes back, then is restored)
     os.umask(mask)
     return mask
 
@@ -97,8 +97,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         }
         <BLANKLINE>
     """
-    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
-    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    text = json.dumps(to_jsonable(obj), indent=2)  # keys in insertion order
+    return atomic_write_bytes(path, (text + "\n").encode())  # UTF-8
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -253,3 +253,63 @@ def test_png_bytes_takes_one_or_three_channels(tmp_path):
         with pytest.raises(ValueError) as error:
             png_bytes(bad)
         assert str(error.value) == f"expected an image shaped (1 or 3, H, W), got {tuple(bad.shape)}"
+
+
+def test_atomic_write_goes_through_a_hidden_temporary_beside_the_file(tmp_path, monkeypatch):
+    import re
+
+    from invkit.output import atomic_write_bytes
+
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(src), real_replace(src, dst)))
+    path = atomic_write_bytes(tmp_path / "d" / "f.bin", b"x")
+    assert path.read_bytes() == b"x"
+    (src,) = replaced
+    assert os.path.dirname(src) == str(tmp_path / "d")
+    assert re.fullmatch(r"\.f\.bin\.[^/]+\.tmp", os.path.basename(src))
+
+
+def test_atomic_write_failure_raises_its_own_error_even_if_the_temporary_is_gone(tmp_path,
+                                                                              monkeypatch):
+    from invkit.output import atomic_write_bytes
+
+    def lose(src, dst):
+        os.unlink(src)                  # cleanup will find nothing to remove
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", lose)
+    with pytest.raises(OSError) as error:
+        atomic_write_bytes(tmp_path / "f.bin", b"x")
+    assert str(error.value) == "disk gone" and os.listdir(tmp_path) == []
+
+
+def test_write_json_text_is_exact(tmp_path):
+    from invkit.output import write_json
+
+    path = write_json(tmp_path / "r.json", {"b": 1, "a": ["x"]})      # keys keep their order
+    assert path.read_bytes() == b'{\n  "b": 1,\n  "a": [\n    "x"\n  ]\n}\n'
+
+
+def test_to_uint8_scales_by_255_and_rounds_half_up():
+    assert to_uint8(torch.tensor([0.99, 0.2])).tolist() == [252, 51]
+
+
+def test_output_path_refusals_are_exact(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    for bad, message in [("  ", "the output path is empty: pass --output DIR")]:
+        with pytest.raises(InvkitError) as error:
+            prepare_output_dir(bad)
+        assert str(error.value) == message
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(tmp_path, overwrite=True, resume=True)
+    assert str(error.value) == "--overwrite and --resume cannot be used together: choose one"
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "iterdir", unreadable)
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(tmp_path)
+    assert str(error.value) == f"cannot read output directory {str(tmp_path)!r}: Permission denied"
