@@ -313,3 +313,58 @@ def test_output_path_refusals_are_exact(tmp_path, monkeypatch):
     with pytest.raises(InvkitError) as error:
         prepare_output_dir(tmp_path)
     assert str(error.value) == f"cannot read output directory {str(tmp_path)!r}: Permission denied"
+
+
+def test_prepare_output_dir_refusals_name_the_way_out(tmp_path, monkeypatch):
+    import tempfile
+
+    from invkit.output import foreign_entries
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("")
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(other)
+    assert str(error.value) == (
+        f"output directory {str(other)!r} is not empty and holds no invkit run state (no "
+        "readable state/run.json; it holds a.txt); --resume and --overwrite apply only to a "
+        "run's directory: choose another --output")
+    run = tmp_path / "run"
+    _fake_run(run)
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(run)
+    assert str(error.value) == (
+        f"output directory {str(run)!r} is not empty; pass --resume to continue the run in it "
+        "or --overwrite to replace it (or choose another --output: "
+        f"{str(tmp_path / 'run-2')!r} is free)")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(run, overwrite=True)
+    assert str(error.value) == (
+        f"refusing --overwrite: {str(run)!r} also holds files no invkit run wrote (notes.txt); "
+        "move them away or choose another --output")
+    assert (run / "images").is_dir()            # nothing removed
+
+    # The write probe is a hidden temporary that a killed process may leave: never foreign.
+    made = []
+    real_mkstemp = tempfile.mkstemp
+
+    def record(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        made.append(os.path.basename(name))
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", record)
+    fresh = prepare_output_dir(tmp_path / "fresh")
+    assert len(made) == 1 and made[0].startswith(".invkit-write-test.")
+    (fresh / made[0]).write_text("")
+    assert foreign_entries(fresh) == []
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("invkit.output.check_writable", refuse)
+    with pytest.raises(InvkitError) as error:
+        prepare_output_dir(tmp_path / "ro")
+    assert str(error.value) == (f"cannot write to output directory {str(tmp_path / 'ro')!r}: "
+                                "Permission denied")
