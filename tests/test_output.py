@@ -346,17 +346,19 @@ def test_prepare_output_dir_refusals_name_the_way_out(tmp_path, monkeypatch):
     assert (run / "images").is_dir()            # nothing removed
 
     # The write probe is a hidden temporary that a killed process may leave: never foreign.
-    made = []
+    made, made_paths = [], []
     real_mkstemp = tempfile.mkstemp
 
     def record(*args, **kwargs):
         fd, name = real_mkstemp(*args, **kwargs)
         made.append(os.path.basename(name))
+        made_paths.append(name)
         return fd, name
 
     monkeypatch.setattr(tempfile, "mkstemp", record)
     fresh = prepare_output_dir(tmp_path / "fresh")
     assert len(made) == 1 and made[0].startswith(".invkit-write-test.")
+    assert os.path.dirname(made_paths[0]) == str(fresh)     # probed where the run writes
     (fresh / made[0]).write_text("")
     assert foreign_entries(fresh) == []
 
@@ -368,3 +370,10 @@ def test_prepare_output_dir_refusals_name_the_way_out(tmp_path, monkeypatch):
         prepare_output_dir(tmp_path / "ro")
     assert str(error.value) == (f"cannot write to output directory {str(tmp_path / 'ro')!r}: "
                                 "Permission denied")
+
+
+def test_write_json_turns_other_objects_into_their_text(tmp_path):
+    from decimal import Decimal
+
+    path = write_json(tmp_path / "o.json", {"d": Decimal("1.5"), "e": ValueError("bad")})
+    assert json.loads(path.read_text()) == {"d": "1.5", "e": "bad"}

@@ -274,3 +274,11 @@ def test_refused_values_name_the_rule(value, name, kwargs, message):
     with pytest.raises(InvkitError) as error:
         finite_float(value, name, **kwargs)
     assert str(error.value) == message
+
+
+def test_non_string_values_are_shown_by_their_repr():
+    from decimal import Decimal
+
+    with pytest.raises(InvkitError) as error:
+        finite_float(Decimal("NaN"), "--w")
+    assert str(error.value) == "--w=Decimal('NaN') is not a finite number"
