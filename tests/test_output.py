@@ -139,6 +139,7 @@ def test_next_free_dir_names_the_first_free_numbered_directory(tmp_path):
     assert next_free_dir(run) == tmp_path / "generations" / "digits-2"
     (tmp_path / "generations" / "digits-2").mkdir()
     (tmp_path / "generations" / "digits-2" / "x").write_text("")
+    assert next_free_dir(run) == tmp_path / "generations" / "digits-3"    # the next number
     (tmp_path / "generations" / "digits-3").write_text("a file, not a directory")
     (tmp_path / "generations" / "digits-5").mkdir()
     assert next_free_dir(run) == tmp_path / "generations" / "digits-4"
