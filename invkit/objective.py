@@ -174,7 +174,7 @@ def options_from_signature(factory, help: dict[str, str]) -> tuple:
         if param.default is inspect.Parameter.empty or param.kind in (
                 param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        kind = hints.get(param.name, type(param.default))
+        kind = hints.get(param.name)
         options.append(Option(param.name, kind if isinstance(kind, type) else type(param.default),
                               param.default, help.get(param.name, "")))
     unknown = set(help) - {o.name for o in options}
@@ -218,7 +218,7 @@ class Objective:
         return self * (1.0 / float(weight))
 
     def __neg__(self) -> Objective:
-        return self * -1.0
+        return Objective((-w, p) for w, p in self.terms)
 
     def __sub__(self, other: Prior | Objective) -> Objective:
         if not isinstance(other, (Prior, Objective)):
@@ -252,7 +252,7 @@ class Objective:
             losses[label] = value
             total = weight * value if total is None else total + weight * value
         if total is None:
-            total = step.logits.new_zeros((), dtype=step.logits.dtype).float()
+            total = step.logits.new_zeros(()).float()
         return total, losses
 
     @contextmanager
@@ -310,7 +310,7 @@ def parse_prior(text: str) -> PriorRequest:
                 f"malformed --prior {text!r}: weight {weight_text!r} is not a number; {form}"
             ) from None
         try:
-            finite_float(weight, "weight")
+            finite_float(weight, "weight")  # pragma: no mutate (its message is replaced)
         except InvkitError:
             raise InvkitError(f"malformed --prior {text!r}: weight {weight_text!r} is not "
                               f"finite (weights must be finite numbers); {form}") from None

@@ -76,7 +76,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0)  # pragma: no mutate (any value: the old mask comes back, then is restored)
     os.umask(mask)
     return mask
 
@@ -97,8 +97,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         }
         <BLANKLINE>
     """
-    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
-    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    text = json.dumps(to_jsonable(obj), indent=2)  # keys in insertion order
+    return atomic_write_bytes(path, (text + "\n").encode())  # UTF-8
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -236,7 +236,7 @@ def is_invkit_run(path: str | os.PathLike) -> bool:
     """
     state = Path(path) / RUN_STATE
     try:
-        data = json.loads(state.read_text(encoding="utf-8"))
+        data = json.loads(state.read_bytes())  # bytes: JSON is UTF-8 whatever the locale
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "plan" in data
@@ -359,9 +359,9 @@ def _remove_run(path: Path) -> None:
             else:
                 entry.unlink()
     except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
         raise InvkitError(f"cannot remove the earlier run in {str(path)!r}: "
-                          f"{error.strerror or error} ({getattr(error, 'filename', '')})") \
-            from None
+                          f"{error.strerror or error}{where}") from None
 
 
 def next_free_dir(path: str | os.PathLike) -> Path:

@@ -71,8 +71,9 @@ def natural_key(name: str) -> tuple:
         >>> sorted(["resnet101", "resnet18", "resnet50"], key=natural_key)
         ['resnet18', 'resnet50', 'resnet101']
     """
-    # (0, n, "") for numbers, (1, 0, text) for text: always comparable with each other.
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+    # (0, n, digits) for numbers, (1, text) for text: always comparable with each other;
+    # equal numbers ("01", "1") fall back to their digits, so the order is total.
+    return tuple((0, int(part), part) if part.isdigit() else (1, part)
                  for part in re.split(r"(\d+)", name) if part)
 
 

@@ -135,8 +135,8 @@ class Teacher:
 
         size = self.meta.input_size
         if images01.shape[-2:] != (size, size):
-            images01 = F.interpolate(images01, size=(size, size), mode="bilinear",
-                                     antialias=True, align_corners=False)
+            images01 = F.interpolate(images01, size=(size, size), mode="bilinear", antialias=True,
+                                     align_corners=False)  # pragma: no mutate (None: the same)
         return self.normalize(images01)
 
     def denormalize(self, inputs):

@@ -186,3 +186,36 @@ def test_bn_input_stats_gradients_match_autograd_of_the_definition():
     assert torch.allclose(mean, ref_mean, atol=1e-5) and torch.allclose(var, ref_var, rtol=1e-5)
     assert torch.allclose(ours, y.grad, rtol=1e-4, atol=1e-7)
     assert mean.dtype == var.dtype == torch.float32
+
+
+def test_bn_stats_lifecycle_messages_and_repeated_setup():
+    teacher = tiny_teacher()
+    bns = [m for m in teacher.module.modules() if isinstance(m, nn.BatchNorm2d)]
+    prior = BNStats()
+    with pytest.raises(RuntimeError) as error:
+        prior.layer_losses()
+    assert str(error.value) == "bn-stats is not attached: use objective.attached(Setup(teacher))"
+    prior.setup(Setup(teacher))
+    prior.setup(Setup(teacher))          # a second setup replaces the hooks, never adds
+    assert all(len(m._forward_hooks) == 1 for m in bns)
+    with pytest.raises(RuntimeError) as error:
+        prior.layer_losses()
+    assert str(error.value) == "bn-stats: the teacher has not run since setup"
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    teacher.module(x)
+    assert len(prior.layer_losses()) == len(bns)
+    prior.teardown()
+    assert all(len(m._forward_hooks) == 0 for m in bns)
+
+
+def test_bn_stats_refusal_is_exact():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(InvkitError) as error:
+        BNStats().setup(Setup(Teacher(net, TeacherMeta("nobn", 8, 2), "nobn")))
+    assert str(error.value) == ("prior bn-stats needs a teacher with BatchNorm2d layers; teacher "
+                                "'nobn' has none (drop the term with --r-feature 0)")
+
+
+def test_bn_stats_default_first_layer_multiplier_is_10():
+    assert BNStats().first_bn_multiplier == 10.0
+    assert BNStats().describe() == "bn-stats(first_bn_multiplier=10)"

@@ -123,6 +123,34 @@ def test_configure_refuses_a_resolution_the_plan_cannot_pool():
         configure(DIOptions(setting_id=0, resolution=33), Context(TeacherMeta("t", 32, 10)))
 
 
+def test_configure_takes_the_setting_plan_schedule_and_context():
+    meta = TeacherMeta("t", 32, 10)
+    config = configure(DIOptions(setting_id=2, plan="single-stage,iterations=50",
+                                 lr_schedule="cosine"),
+                       Context(meta, precision="bf16", checkpoint_every=7))
+    assert (config.plan, config.betas, config.clip, config.amp, config.save_every,
+            config.lr_schedule) == ((Stage(50),), (0.9, 0.999), False, "bf16", 7, "cosine")
+    assert configure(DIOptions(), Context(meta)).plan == (Stage(2000, 2), Stage(1000, 1))
+
+
+def test_configure_checks_memory_for_the_batch_at_its_resolution(monkeypatch):
+    import invkit_plugins.deepinversion.options as di_options
+    from invkit import estimate_inversion_bytes
+
+    calls = []
+    monkeypatch.setattr(di_options, "check_memory", lambda *args: calls.append(args))
+    configure(DIOptions(resolution=48, setting_id=1),
+              Context(TeacherMeta("t", 32, 10), batch_size=6, device="meta"))
+    assert calls == [(estimate_inversion_bytes(6, 3, 48), "a batch of 6 images at 48 px", "meta")]
+
+
+def test_configure_refuses_a_plan_given_as_the_learning_rate_schedule():
+    with pytest.raises(InvkitError) as error:
+        configure(DIOptions(lr_schedule="single-stage"), Context(TeacherMeta("t", 32, 10)))
+    assert str(error.value).startswith(
+        "schedule 'single-stage' is a plan schedule, not a lr one (valid: constant, cosine, ")
+
+
 # ------------------------------------------------------- settings, plans, learning rate
 
 

@@ -131,3 +131,56 @@ def test_scale_plan_keeps_proportions():
     assert scale_plan((Stage(2000, 2), Stage(1000)), 300) == (Stage(200, 2), Stage(100))
     assert scale_plan((Stage(2000),), 7) == (Stage(7),)
     assert sum(s.iterations for s in scale_plan((Stage(2000, 2), Stage(1000)), 301)) == 301
+
+
+def test_natural_order_puts_numbers_before_text_and_is_total():
+    from invkit.registry import natural_key
+
+    assert sorted(["b", "a", "10", "9", "1a", "x2", "x10", "x1b"], key=natural_key) == [
+        "1a", "9", "10", "a", "b", "x1b", "x2", "x10"]
+    assert sorted(["1", "01", "001"], key=natural_key) == ["001", "01", "1"]
+
+
+def test_schedule_refusals_are_exact():
+    from invkit.errors import InvkitError
+    from invkit.schedules import build_schedule
+
+    with pytest.raises(ValueError) as error:
+        scale_plan((Stage(2), Stage(2), Stage(2)), 2)
+    assert str(error.value) == "2 iterations cannot cover 3 stages"
+    assert scale_plan((Stage(2), Stage(2), Stage(2)), 3) == (Stage(1), Stage(1), Stage(1))
+    with pytest.raises(InvkitError) as error:
+        build_schedule("cosine", kind="plan")
+    plans = [s.name for s in registry("schedule") if s.factory().__class__ is tuple]
+    assert plans[:4] == ["single-stage", "deepinversion-setting-0", "deepinversion-setting-1",
+                         "deepinversion-setting-2"]
+    assert str(error.value) == ("schedule 'cosine' is a lr schedule, not a plan one (valid: "
+                                + ", ".join(plans) + ")")
+    with pytest.raises(InvkitError) as error:
+        build_schedule("warmup-cosine, warmup")
+    assert str(error.value) == ("malformed schedule 'warmup-cosine, warmup': 'warmup' is not "
+                                "key=value")
+    assert build_schedule(" warmup-cosine , warmup = 4 ")(3, 10) == 1.0
+    assert build_schedule("warmup-cosine")(0, 1000) == 0.01
+
+
+def test_single_stage_default_is_2000_full_resolution_iterations():
+    from invkit.schedules import single_stage
+
+    assert single_stage() == (Stage(2000, 1),)
+
+
+def test_schedule_option_errors_and_short_spans():
+    from invkit.errors import InvkitError
+    from invkit.schedules import build_schedule
+
+    with pytest.raises(InvkitError) as error:
+        build_schedule("warmup-cosine,foo=1")
+    assert str(error.value) == "schedule 'warmup-cosine' has no option 'foo' (valid options: warmup)"
+    with pytest.raises(InvkitError) as error:
+        build_schedule("warmup-cosine,warmup=1=2")      # the first '=' splits key and value
+    assert str(error.value) == "option warmup='1=2' is not a valid int"
+    assert warmup_cosine()(99, 1000) == 1.0             # default warm-up: 100 iterations
+    # One iteration (or none) after the warm-up still ends at 0.
+    assert warmup_cosine(warmup=2)(3, 3) == 0.0
+    assert warmup_cosine(warmup=2)(3, 2) == 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 
@@ -174,3 +176,103 @@ def test_l2_and_cross_entropy_match_direct_computation():
     assert torch.allclose(L2Norm()(step), direct_l2)
     direct_ce = -torch.log_softmax(logits, 1)[torch.arange(4), targets].mean()
     assert torch.allclose(CrossEntropy()(step), direct_ce)
+
+
+def test_define_prior_builds_the_spec_from_the_constructor():
+    from invkit.objective import define_prior
+    from invkit.specs import Option, PriorSpec
+
+    @define_prior("bright", "mean pixel value", default_weight=0.25,
+                  help={"target": "the mean to reach"})
+    class Bright(Prior):
+        def __init__(self, target: float = 0.5, mode="abs", *args, scale: float = 2, **kwargs):
+            super().__init__(target=target)
+
+    assert Bright.name == "bright"
+    assert Bright.spec == PriorSpec(
+        "bright", "mean pixel value", factory=Bright, default_weight=0.25,
+        options=(Option("target", float, 0.5, "the mean to reach"), Option("mode", str, "abs", ""),
+                 Option("scale", float, 2, "")))
+
+    @define_prior("plain", "no options")
+    class Plain(Prior):
+        pass
+
+    assert Plain.spec == PriorSpec("plain", "no options", factory=Plain, default_weight=1.0,
+                                   options=())
+
+
+def test_options_from_signature_of_a_function():
+    from invkit.objective import options_from_signature
+    from invkit.specs import Option
+
+    def factory(required, k: float = 5, ratio=0.5, name: typing.Optional[str] = "x"):
+        return required
+
+    # The hint wins over the default's type; a hint that is not a type (Optional[str]) falls back to the default's type.
+    assert options_from_signature(factory, {"k": "neighbours"}) == (
+        Option("k", float, 5, "neighbours"), Option("ratio", float, 0.5, ""),
+        Option("name", str, "x", ""))
+    with pytest.raises(ValueError) as error:
+        options_from_signature(factory, {"zeta": "?", "alpha": "?", "k": "neighbours"})
+    assert str(error.value) == "help for unknown options: alpha, zeta"
+
+
+def _terms(objective):
+    return [(w, p.name) for w, p in objective.terms]
+
+
+def test_priors_and_objectives_divide_negate_and_subtract():
+    ce, l2 = CrossEntropy(), L2Norm()
+    assert _terms(ce / 4) == [(0.25, "cross-entropy")]
+    assert _terms(-l2) == [(-1.0, "l2")]
+    assert _terms(ce - l2) == [(1.0, "cross-entropy"), (-1.0, "l2")]
+    both = 2 * ce + l2
+    assert _terms(both / 8) == [(0.25, "cross-entropy"), (0.125, "l2")]
+    assert _terms(-both) == [(-2.0, "cross-entropy"), (-1.0, "l2")]
+    assert _terms(both - ce) == [(2.0, "cross-entropy"), (1.0, "l2"), (-1.0, "cross-entropy")]
+    assert _terms(both - both) == [(2.0, "cross-entropy"), (1.0, "l2"),
+                                   (-2.0, "cross-entropy"), (-1.0, "l2")]
+    with pytest.raises(TypeError):
+        both - 1
+
+
+def test_an_empty_objective_is_a_float_zero():
+    step = make_step(torch.zeros(2, 3, 4, 4), logits=torch.ones(2, 4, dtype=torch.float16))
+    total, losses = Objective()(step)
+    assert losses == {} and total.dtype == torch.float32 and total.shape == () and total.item() == 0
+
+
+def test_prior_option_values_keep_later_equals_signs():
+    assert parse_prior("tv-l2,mode=a=b") == PriorRequest("tv-l2", None, (("mode", "a=b"),))
+
+
+def test_non_finite_weights_and_options_name_what_they_belong_to():
+    from invkit.specs import Option
+
+    with pytest.raises(InvkitError) as error:
+        build_objective([PriorRequest("l2", float("nan"))])
+    assert str(error.value) == "l2 weight=nan is not a finite number"
+    with pytest.raises(InvkitError) as error:
+        Option("k", float, 1.0).parse("inf")
+    assert str(error.value) == "option k=inf is not a finite number"
+
+
+def test_built_in_schedules_pinned():
+    import math
+
+    from invkit.schedules import build_schedule
+
+    constant = build_schedule("constant")
+    assert [constant(i, 10) for i in (0, 9)] == [1.0, 1.0]
+    cosine = build_schedule("cosine")
+    assert [cosine(i, 100) for i in (0, 50, 100)] == [1.0, 0.5 * (1 + math.cos(math.pi / 2)), 0.0]
+    assert cosine(1, 100) == 0.5 * (1 + math.cos(math.pi / 100))
+
+
+def test_total_variation_names_and_refusal():
+    assert (TotalVariation(p=1).name, TotalVariation(p=2).name, TotalVariation().p) == (
+        "tv-l1", "tv-l2", 2)
+    with pytest.raises(ValueError) as error:
+        TotalVariation(p=3)
+    assert str(error.value) == "p must be 1 or 2, not 3"

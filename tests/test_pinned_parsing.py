@@ -12,6 +12,7 @@ from invkit.objective import (
     Objective, Prior, PriorRequest, Step, build_objective, build_prior, parse_prior, set_weight,
 )
 from invkit.specs import Option, PriorSpec, Teacher, TeacherMeta, parse_options
+from invkit.validate import finite_float
 
 
 class Const(Prior):
@@ -240,3 +241,44 @@ def test_class_name_in_and_out_of_range():
     meta = _teacher().meta
     assert [meta.class_name(i) for i in (-1, 0, 2, 3)] == [None, "a", "c", None]
     assert TeacherMeta("t", 4, 3).class_name(0) is None
+
+
+# finite_float, the one rule for user-given numbers: every branch and message.
+
+@pytest.mark.parametrize("value, kwargs, expected", [
+    ("0.5", {}, 0.5), (3, {"positive": True}, 3.0), ("-2", {}, -2.0),
+    (0, {"minimum": 0}, 0.0), (1, {"maximum": 1}, 1.0), (0.25, {"minimum": 0.25, "maximum": 0.25}, 0.25),
+    (1e-12, {"positive": True}, 1e-12),
+])
+def test_accepted_values(value, kwargs, expected):
+    result = finite_float(value, "x", **kwargs)
+    assert result == expected and type(result) is float
+
+
+@pytest.mark.parametrize("value, name, kwargs, message", [
+    (True, "--w", {}, "--w=True is not a number"),
+    ("abc", "--w", {}, "--w=abc is not a number"),
+    (None, "--w", {}, "--w=None is not a number"),
+    ([1], "--w", {}, "--w=[1] is not a number"),
+    (10**400, "--w", {}, f"--w={10**400!r} is not a number"),
+    ("nan", "--w", {}, "--w=nan is not a finite number"),
+    (float("-inf"), "--w", {}, "--w=-inf is not a finite number"),
+    ("inf", "", {}, "inf is not a finite number"),
+    (0, "lr", {"positive": True}, "lr=0 must be positive"),
+    ("-0.5", "lr", {"positive": True}, "lr=-0.5 must be positive"),
+    (-1e-9, "decay", {"minimum": 0}, "decay=-1e-09 must be at least 0"),
+    ("1.5", "p", {"minimum": 0, "maximum": 1}, "p=1.5 must be at most 1"),
+    (2, "", {"maximum": 1.25}, "2 must be at most 1.25"),
+])
+def test_refused_values_name_the_rule(value, name, kwargs, message):
+    with pytest.raises(InvkitError) as error:
+        finite_float(value, name, **kwargs)
+    assert str(error.value) == message
+
+
+def test_non_string_values_are_shown_by_their_repr():
+    from decimal import Decimal
+
+    with pytest.raises(InvkitError) as error:
+        finite_float(Decimal("NaN"), "--w")
+    assert str(error.value) == "--w=Decimal('NaN') is not a finite number"

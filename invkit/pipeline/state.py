@@ -28,6 +28,8 @@ from invkit.pipeline.layout import Layout
 from invkit.pipeline.plan import plan_fingerprint
 
 STATE_VERSION = 1
+#: How a setting only one side has is shown when settings differ.
+_UNSET = "<unset>"
 
 
 def settings_for(config: dict, layout: Layout) -> dict:
@@ -59,7 +61,7 @@ def start(layout: Layout, settings: dict, *, resume: bool, overwrite: bool) -> s
             )
     else:  # (prepare_output_dir refused a non-empty directory that holds no run)
         write_json(state_file, settings)
-    (layout.state / "batches").mkdir(parents=True, exist_ok=True)
+    (layout.state / "batches").mkdir(exist_ok=True)  # state/ holds run.json by now
     return {b.index for b in layout.batches if _complete(layout, b.index)}
 
 
@@ -84,10 +86,10 @@ def _complete(layout: Layout, index: int) -> bool:
         files = {row["file"] for row in record["rows"]}
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if layout.fmt == "png":
-        return all((layout.out / f).is_file() for f in files)
     # Shards are packed at the end; before that a batch's images wait in state/.
-    return layout.pending(index).is_file() or all((layout.out / f).is_file() for f in files)
+    if layout.fmt == "safetensors" and layout.pending(index).is_file():
+        return True
+    return all((layout.out / f).is_file() for f in files)
 
 
 def _differences(previous: dict, current: dict) -> list[str]:
@@ -102,10 +104,10 @@ def _differences(previous: dict, current: dict) -> list[str]:
     for key in sorted(set(old) | set(new)):
         if key == "version":
             continue
-        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before != after:
             name = "batch plan" if key == "plan" else key
-            lines.append(f"{name} ({_show(old.get(key, '<unset>'))} -> "
-                         f"{_show(new.get(key, '<unset>'))})")
+            lines.append(f"{name} ({_show(before)} -> {_show(after)})")
     return lines
 
 

@@ -92,7 +92,7 @@ class BNStats(Prior):
         super().__init__(first_bn_multiplier=float(first_bn_multiplier))
         self.first_bn_multiplier = float(first_bn_multiplier)
         self._handles: list = []
-        self._terms: list[torch.Tensor | None] = []
+        self._terms: list[torch.Tensor | None] = []  # pragma: no mutate (None: also "not attached")
 
     def setup(self, setup: Setup) -> None:
         from torch import nn
@@ -121,7 +121,7 @@ class BNStats(Prior):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._terms = []
+        self._terms = []  # pragma: no mutate (None: also "not attached")
 
     def layer_losses(self) -> list[torch.Tensor]:
         """The unweighted per-layer terms of the most recent forward pass (module order)."""
