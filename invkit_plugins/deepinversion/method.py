@@ -98,6 +98,10 @@ class DIConfig:
         out = dataclasses.asdict(self)
         out["plan"] = [dataclasses.asdict(s) for s in self.stages()]
         out["betas"] = list(self.betas)
+        # How the step runs, not what the run makes: left out of the identity --resume
+        # compares, so a resume may turn it on or off, and runs recorded before the
+        # option existed still resume.
+        del out["compile"]
         return out
 
 
