@@ -219,3 +219,65 @@ def test_bn_stats_refusal_is_exact():
 def test_bn_stats_default_first_layer_multiplier_is_10():
     assert BNStats().first_bn_multiplier == 10.0
     assert BNStats().describe() == "bn-stats(first_bn_multiplier=10)"
+
+
+class _WithSkippedHead(nn.Module):
+    """A BatchNorm layer the eval-mode forward never runs (as GoogLeNet's auxiliary heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Sequential(nn.Conv2d(3, 5, 1), nn.BatchNorm2d(5))
+        self.body = tiny_teacher().module
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_layers_the_forward_skips_have_no_term():
+    teacher = tiny_teacher()
+    skipping = Teacher(_WithSkippedHead().eval(), teacher.meta, "skips")
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    terms = [direct_layer_term(xi, bn) for xi, bn in bn_inputs(teacher.module, x)]
+    prior = BNStats(first_bn_multiplier=3.0)
+    got = run_prior(prior, skipping, x)
+    # The first layer that ran gets the multiplier; the skipped one neither term nor error.
+    assert got.item() == pytest.approx(3 * terms[0] + terms[1], rel=1e-5)
+
+
+def test_terms_are_computed_once_per_forward_and_inputs_released():
+    import gc
+    import weakref
+
+    teacher = tiny_teacher()
+    prior = BNStats()
+    seen = []
+    first_bn = next(m for m in teacher.module.modules() if isinstance(m, nn.BatchNorm2d))
+    handle = first_bn.register_forward_hook(lambda m, i, o: seen.append(weakref.ref(i[0])))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    with prior.objective().attached(Setup(teacher)):
+        logits = teacher.module(x)
+        step = Step(x, logits, torch.zeros(2, dtype=torch.long), teacher)
+        loss = prior(step)
+        assert prior(step) is not loss and prior(step).item() == loss.item()
+        assert [t is u for t, u in zip(prior.layer_losses(), prior.layer_losses())] == [True] * 2
+        loss.backward()
+        del logits, loss, step
+        gc.collect()
+        # Between steps nothing holds the activations: not the prior, not the graph.
+        assert seen[0]() is None
+        teacher.module(x)             # the next forward: terms recomputed from its inputs
+        assert prior.layer_losses()[0].item() != 0
+    handle.remove()
+
+
+def test_channel_moments_of_several_tensors_at_once():
+    from invkit_plugins.deepinversion.moments import ChannelMoments
+
+    g = torch.Generator().manual_seed(5)
+    a = (torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64) + 1).requires_grad_()
+    b = (torch.randn(3, 3, 2, 2, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    mean, var = ChannelMoments.apply(a, b)
+    ref = [torch.var_mean(t, dim=(0, 2, 3), correction=0) for t in (a, b)]
+    assert torch.allclose(mean, torch.cat([m for _, m in ref]))
+    assert torch.allclose(var, torch.cat([v for v, _ in ref]))
+    assert torch.autograd.gradcheck(lambda s, t: ChannelMoments.apply(s, t), (a, b))

@@ -126,11 +126,11 @@ def test_channels_last_reaches_the_teacher(channels_last):
     seen = _record_first_conv(teacher)
     _di(teacher, channels_last=channels_last, plan=(Stage(2, 1),), flip=False,
         jitter=0).generate([0, 1], seed=0)
-    on = bool(channels_last)  # None: CUDA only, so off on this CPU
+    on = channels_last is not False  # None: the default, on (CPU included)
     assert [(s[2], s[3]) for s in seen[:2]] == [(on, on), (on, on)]
 
 
-def test_cli_precision_flags_reach_the_method(invoke, register_plugin, tmp_path, monkeypatch):
+def test_cli_precision_and_layout_flags_reach_the_method(invoke, register_plugin, tmp_path, monkeypatch):
     from invkit_plugins.deepinversion import method
 
     register_plugin(TinyTeachers(), "di-tiny-teachers")
@@ -149,6 +149,14 @@ def test_cli_precision_flags_reach_the_method(invoke, register_plugin, tmp_path,
                         "--setting-id", "1", flag)
         assert result.exit_code == 0, result.output
         assert configs[-1].amp == amp
+    for flags, channels_last in (((), None), (("--no-channels-last",), False),
+                                 (("--channels-last",), True)):
+        result = invoke("run", "deepinversion", "--teacher", "tiny-bn", "--iterations", "1",
+                        "--bs", "2", "--num-batches", "1", "--device", "cpu", "--quiet",
+                        "--preset", "imagenet", "--output", str(tmp_path / str(channels_last)),
+                        "--setting-id", "1", *flags)
+        assert result.exit_code == 0, result.output
+        assert configs[-1].channels_last is channels_last
 
 
 # --- a whole run: atomic writes and manifest predictions ------------------------------------

@@ -71,7 +71,7 @@ class DIConfig:
     resolution: int | None = None
     save_every: int = 100
     keep_best: bool = True
-    channels_last: bool | None = None  # None: on CUDA only
+    channels_last: bool | None = None  # None: on (faster on CPU and GPU alike)
     compile: bool = False
 
     def __post_init__(self):
@@ -224,8 +224,9 @@ class DeepInversion:
             if size % stage.downsample:
                 raise InvkitError(f"resolution {size} is not divisible by the stage's "
                                   f"downsample factor {stage.downsample}")
-        channels_last = cfg.channels_last if cfg.channels_last is not None \
-            else device.type == "cuda"
+        # Channels-last convolutions were 7-25% faster than contiguous ones on CPU too
+        # (ResNets, MobileNet, DenseNet, EfficientNet, the digits CNN; README).
+        channels_last = cfg.channels_last is not False
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
         # Initial noise from a seeded CPU generator: the same start on every device.
@@ -241,8 +242,7 @@ class DeepInversion:
         total_iterations = sum(s.iterations for s in stages)
 
         module = self.teacher.module
-        if channels_last:
-            module.to(memory_format=torch.channels_last)
+        module.to(memory_format=memory_format)
         student = self.student
         best_x = None
         best_loss = None

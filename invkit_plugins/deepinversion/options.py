@@ -49,6 +49,11 @@ class DIOptions:
               "back to eager with a warning where compiling fails. Off by default: slower "
               "than eager on CPU in this project's benchmark (README).",
         flags=("--compile/--no-compile",))
+    channels_last: bool | None = option(
+        None, "Channels-last memory format for the teacher and the images (on by default: "
+              "faster on CPU and GPU in this project's benchmark, README); "
+              "--no-channels-last keeps the contiguous layout.",
+        flags=("--channels-last/--no-channels-last",))
     store_best_images: bool | None = option(
         None, "Accepted for compatibility: final images are always the lowest-loss iterate.",
         flags=("--store-best-images", "--store_best_images"))
@@ -64,7 +69,7 @@ def configure(options: DIOptions, context: Context):
     plan = build_schedule(options.plan, kind="plan") if options.plan else setting.plan
     given = {name: getattr(options, name) for name in ("iterations", "lr", "lr_schedule",
                                                        "flip", "jitter", "resolution",
-                                                       "compile")
+                                                       "compile", "channels_last")
              if getattr(options, name) is not None}
     if "lr_schedule" in given:
         build_schedule(given["lr_schedule"], kind="lr")  # a bad name fails now
