@@ -30,6 +30,10 @@ from invkit.errors import InvkitError
 
 #: The lock file's name inside the output directory (never counted as run content).
 LOCK_NAME = ".invkit.lock"
+# The holder record is read back with one pread of HOLDER_READ_BYTES; the command in it is
+# cut to HOLDER_COMMAND_CHARS (at most 6 bytes each once JSON-escaped) so it always fits.
+HOLDER_READ_BYTES = 4096
+HOLDER_COMMAND_CHARS = 500
 
 
 class OutputLock:
@@ -131,7 +135,10 @@ class OutputLock:
                               f"{error.strerror or error}") from None
 
     def _write_holder(self, fd: int) -> None:
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+        # The command is cut so the record stays within what _read_holder reads: a long
+        # command line (thousands of arguments) made the holder unreadable.
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "command": self.command[:HOLDER_COMMAND_CHARS],
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         data = (json.dumps(record) + "\n").encode("utf-8")
         with contextlib.suppress(OSError):  # the lock itself is what matters
@@ -151,7 +158,7 @@ def _same_file(fd: int, path: Path) -> bool:
 def _read_holder(fd: int) -> str:
     """``pid N on host H: COMMAND`` from the lock file (what is known of it)."""
     try:
-        record = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        record = json.loads(os.pread(fd, HOLDER_READ_BYTES, 0).decode("utf-8"))
         command = " ".join(str(record.get("command", "?")).split())
         if len(command) > 120:
             command = command[:117] + "..."

@@ -281,3 +281,15 @@ def test_channel_moments_of_several_tensors_at_once():
     assert torch.allclose(mean, torch.cat([m for _, m in ref]))
     assert torch.allclose(var, torch.cat([v for v, _ in ref]))
     assert torch.autograd.gradcheck(lambda s, t: ChannelMoments.apply(s, t), (a, b))
+
+
+def test_segment_norms_equal_each_segments_vector_norm_exactly():
+    from invkit_plugins.deepinversion.bn_stats import Segments
+
+    sizes = [3, 64, 17, 256, 1, 128]
+    values = torch.randn(2, sum(sizes), generator=torch.Generator().manual_seed(6)) * 5
+    got = Segments(sizes).norms(values)
+    expected = torch.stack([torch.stack([torch.linalg.vector_norm(s) for s in row.split(sizes)])
+                            for row in values])
+    assert got.shape == (2, len(sizes))
+    assert torch.equal(got, expected)  # bit for bit: the pinned images depend on it

@@ -250,6 +250,21 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         assert lock.held
 
 
+def test_the_holder_is_named_even_for_a_very_long_command_line(tmp_path):
+    from invkit.lock import OutputLock
+
+    command = "invkit run " + " ".join(f"mutant_{i}_\u00e9" for i in range(3000))
+    lock = OutputLock(tmp_path / "out", command=command).acquire()
+    try:
+        with pytest.raises(InvkitError) as error:
+            OutputLock(tmp_path / "out").acquire()
+        message = str(error.value)
+        assert f"(pid {os.getpid()} on host " in message
+        assert "invkit run mutant_0_\u00e9 mutant_1_\u00e9" in message
+    finally:
+        lock.release()
+
+
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
     from invkit.lock import OutputLock
 
