@@ -181,6 +181,14 @@ def test_refuses_a_non_empty_output_without_overwrite(invoke, tiny, tmp_path):
     result = run_tiny(invoke, out, "--overwrite", "--bf16")
     assert result.exit_code == 0, result.output
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
+    # A finished run: other settings are refused without --overwrite and replace it with.
+    result = run_tiny(invoke, out)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert '"bf16"' in (out / "run.json").read_text()
+    result = run_tiny(invoke, out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert '"bf16"' not in (out / "run.json").read_text()
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
 
 
 def test_multi_batch_run_keeps_progress_of_the_first_batch_and_resumes(invoke, tiny, tmp_path):

@@ -544,3 +544,14 @@ def test_no_entrypoints_keeps_the_bundled_deepinversion_once():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("['deepinversion'] [")
     assert "'deepinversion'" in out.stdout.split("] ", 1)[1]
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--format", "gif", ("'gif' is not one of 'png', 'safetensors'",)),
+    ("--setting-id", "3", ("'3' is not one of '0', '1', '2'",)),
+])
+def test_choice_options_refuse_other_values(tmp_path, flag, value, words):
+    result = cli("run", "deepinversion", "--teacher", "digits", flag, value, "--dry-run",
+                 "--output", str(tmp_path / "never"))
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "never").exists()
