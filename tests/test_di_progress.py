@@ -157,3 +157,17 @@ def test_disabled_display_prints_nothing():
         p.batch_summary({"total": 1.0})
         p.log("hello")
     assert buf.getvalue() == ""
+
+
+def test_batches_line_eta_counts_only_this_sessions_batches(monkeypatch):
+    import invkit.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    display = ProgressDisplay(quiet=True, console=Console(file=io.StringIO()))
+    display.batch_done(2, 10)     # resumed: 2 batches were done before this session
+    now[0] = 110.0
+    display.batch_done(4, 10)     # 2 batches in 10 s here, 6 to go: 30 s left
+    (line,) = display.render_lines(80)
+    assert line.startswith("batches ━") and line.endswith("4/10 done  ETA 0:00:30"), line
+    assert len(line) <= 80
