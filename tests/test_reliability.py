@@ -297,6 +297,15 @@ def test_non_finite_numbers_are_refused_everywhere(text):
             DistillConfig(**{field: float(text)})
 
 
+def test_distill_momentum_is_a_fraction():
+    from invkit.distill import DistillConfig
+
+    assert DistillConfig(momentum=1.0).momentum == 1.0 and DistillConfig(momentum=0).momentum == 0
+    for bad in (1.5, -0.1):
+        with pytest.raises(InvkitError, match="momentum"):
+            DistillConfig(momentum=bad)
+
+
 @pytest.mark.parametrize("args, words", [
     (("--temperature", "inf"), ("--temperature", "not a finite number")),
     (("-T", "0"), ("--temperature=0.0 must be positive",)),
