@@ -150,10 +150,10 @@ def test_cli_precision_and_layout_flags_reach_the_method(invoke, register_plugin
         assert result.exit_code == 0, result.output
         assert configs[-1].amp == amp
     for flags, channels_last in (((), None), (("--no-channels-last",), False),
-                                 (("--channels-last",), True)):
+                                 (("--channels-last",), None)):  # None: the default, on
         result = invoke("run", "deepinversion", "--teacher", "tiny-bn", "--iterations", "1",
                         "--bs", "2", "--num-batches", "1", "--device", "cpu", "--quiet",
-                        "--preset", "imagenet", "--output", str(tmp_path / str(channels_last)),
+                        "--preset", "imagenet", "--output", str(tmp_path / ("layout" + "".join(flags))),
                         "--setting-id", "1", *flags)
         assert result.exit_code == 0, result.output
         assert configs[-1].channels_last is channels_last

@@ -71,6 +71,10 @@ def configure(options: DIOptions, context: Context):
                                                        "flip", "jitter", "resolution",
                                                        "compile", "channels_last")
              if getattr(options, name) is not None}
+    if given.get("channels_last") is True:
+        # The default already: recorded as unset, so a resume with or without the flag
+        # (and runs recorded before it existed) has the same identity.
+        del given["channels_last"]
     if "lr_schedule" in given:
         build_schedule(given["lr_schedule"], kind="lr")  # a bad name fails now
     grayscale = context.meta.grayscale if options.grayscale is None else options.grayscale
