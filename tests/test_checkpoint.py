@@ -184,3 +184,28 @@ def test_load_into_plain_module():
     other(torch.zeros(1, 3, 5, 5))
     load_into(other, state, source="mem")
     assert same_weights(net, other)
+
+
+def test_safetensors_is_recognised_by_content_not_only_by_name(tmp_path):
+    import io
+
+    from safetensors.torch import save as save_safetensors
+
+    from invkit.teachers.checkpoint import _is_safetensors
+
+    def file(name: str, data: bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    real = save_safetensors({"w": torch.zeros(2)})
+    zipped = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, zipped)
+    small_length = (16).to_bytes(8, "little")
+    assert _is_safetensors(file("any.safetensors", b""))  # the name decides first
+    assert _is_safetensors(file("weights.bin", real))
+    assert not _is_safetensors(file("torch.pt", zipped.getvalue()))
+    assert not _is_safetensors(file("short.bin", real[:8]))                   # 8 bytes
+    assert not _is_safetensors(file("nojson.bin", small_length + b"[" + real[9:]))
+    assert not _is_safetensors(file("huge.bin", (1 << 30).to_bytes(8, "little") + b"{}"))
+    assert _is_safetensors(file("edge.bin", ((1 << 30) - 1).to_bytes(8, "little") + b"{}"))
