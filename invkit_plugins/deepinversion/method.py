@@ -71,7 +71,7 @@ class DIConfig:
     resolution: int | None = None
     save_every: int = 100
     keep_best: bool = True
-    channels_last: bool | None = None  # None: on (faster on CPU and GPU alike)
+    channels_last: bool | None = None  # None: the default, on
     compile: bool = False
 
     def __post_init__(self):

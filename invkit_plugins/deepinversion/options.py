@@ -51,8 +51,8 @@ class DIOptions:
         flags=("--compile/--no-compile",))
     channels_last: bool | None = option(
         None, "Channels-last memory format for the teacher and the images (on by default: "
-              "faster on CPU and GPU in this project's benchmark, README); "
-              "--no-channels-last keeps the contiguous layout.",
+              "7-25% faster convolutions on CPU in this project's benchmark, README, and "
+              "the usual layout on GPUs); --no-channels-last keeps the contiguous layout.",
         flags=("--channels-last/--no-channels-last",))
     store_best_images: bool | None = option(
         None, "Accepted for compatibility: final images are always the lowest-loss iterate.",
