@@ -140,6 +140,18 @@ def bare_steps(module: nn.Module, targets: torch.Tensor, size: int, steps: int,
     return (time.perf_counter() - started) / steps
 
 
+def bench_teacher(arch: str, resolution: int, device: torch.device | str = "cpu") -> Teacher:
+    """A torchvision network with random weights (1,000 classes) at ``resolution``, or an
+    invkit teacher by name (e.g. the bundled ``digits``, at 32 px), in eval mode."""
+    if hasattr(torchvision.models, arch):
+        module = getattr(torchvision.models, arch)(weights=None).to(device).eval()
+        meta = TeacherMeta(arch=arch, input_size=resolution, num_classes=1000)
+        return Teacher(module=module, meta=meta, name=arch)
+    teacher = load_teacher(arch, device=device)
+    teacher.module.eval()
+    return teacher
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -159,21 +171,16 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    if hasattr(torchvision.models, args.arch):
-        module = getattr(torchvision.models, args.arch)(weights=None).to(device).eval()
-        meta = TeacherMeta(arch=args.arch, input_size=args.resolution, num_classes=1000)
-        teacher = Teacher(module=module, meta=meta, name=args.arch)
-    else:  # an invkit teacher, e.g. the bundled digits (--resolution 32)
-        teacher = load_teacher(args.arch, device=device)
-        module = teacher.module.eval()
+    teacher = bench_teacher(args.arch, args.resolution, device)
+    module = teacher.module
     targets = torch.arange(args.batch, device=device) % teacher.meta.num_classes
 
-    invkit_steps(teacher, targets, args.resolution, 2)  # warm-up both paths
+    invkit_steps(teacher, targets, args.resolution, 2)  # warm-up every path
     naive_steps(module, teacher, targets, args.resolution, 2)
     bare_steps(module, targets, args.resolution, 2)
+    bare_steps(module, targets, args.resolution, 2, channels_last=True)
     if args.compile:
         invkit_steps(teacher, targets, args.resolution, 2, compile=True)  # compiles
-    bare_steps(module, targets, args.resolution, 2, channels_last=True)
     naive, fast, bare, bare_cl, bf16, compiled = [], [], [], [], [], []
     for _ in range(args.repeats):
         naive.append(naive_steps(module, teacher, targets, args.resolution, args.steps))

@@ -16,11 +16,9 @@ import argparse
 from pathlib import Path
 
 import torch
-import torchvision
 from torchvision.utils import save_image
 
-from bench_step import naive_steps
-from invkit.specs import Teacher, TeacherMeta
+from bench_step import bench_teacher, naive_steps
 
 
 def main() -> None:
@@ -35,11 +33,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    module = getattr(torchvision.models, args.arch)(weights=None).eval()
-    meta = TeacherMeta(arch=args.arch, input_size=args.resolution, num_classes=1000)
-    teacher = Teacher(module=module, meta=meta, name=args.arch)
-    targets = torch.arange(args.bs) % 1000
-    images = naive_steps(module, teacher, targets, args.resolution, args.iterations,
+    teacher = bench_teacher(args.arch, args.resolution)
+    targets = torch.arange(args.bs) % teacher.meta.num_classes
+    images = naive_steps(teacher.module, teacher, targets, args.resolution, args.iterations,
                          keep=True)
     args.output.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(teacher.denormalize(images).clamp(0, 1)):

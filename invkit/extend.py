@@ -706,7 +706,7 @@ def _train_epoch(teacher: Teacher, network: Teacher, optimizer: torch.optim.Opti
     present = {"loss", "ce"} | ({"lwf_kd"} if config.distill else set()) | (
         {"replay_kd"} if replaying else set()) | (
         {"replay_ce"} if replaying and config.replay_ce_weight > 0 else set()) | (
-        {"head_ce"} if config.distill and head_hook is not None else set())
+        {"head_ce"} if head_hook is not None else set())  # needs distill (__post_init__)
     record = {k: v.item() / n for k, v in sums.items() if k in present}
     record["train_acc_new"] = hits.item() / n
     return record

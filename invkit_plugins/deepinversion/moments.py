@@ -47,10 +47,9 @@ class ChannelMoments(torch.autograd.Function):
         grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
         scale = two_over_n * grad_var
         shift = grad_mean / n - scale * mean
-        grads, start = [], 0
+        grads, start, shape = [], 0, (1, -1, 1, 1)
         for x in xs:
             end = start + x.shape[1]
-            shape = (1, -1, 1, 1)
             grads.append(torch.addcmul(shift[start:end].view(shape), x,
                                        scale[start:end].view(shape)))
             start = end

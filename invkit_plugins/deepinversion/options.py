@@ -45,9 +45,10 @@ class DIOptions:
     resolution: int | None = option(None, "Image size (default: the teacher's input size).",
                                     min=2)
     compile: bool | None = option(
-        None, "torch.compile the step (teacher forward, priors and their backward); falls "
-              "back to eager with a warning where compiling fails. Off by default: slower "
-              "than eager on CPU in this project's benchmark (README).",
+        None, "torch.compile the teacher's forward (the priors' hooks traced in) and its "
+              "backward; falls back to eager with a warning where compiling fails. Off by "
+              "default: slower than eager for ResNet-18 on CPU in this project's benchmark "
+              "(README).",
         flags=("--compile/--no-compile",))
     channels_last: bool | None = option(
         None, "Channels-last memory format for the teacher and the images (on by default: "
