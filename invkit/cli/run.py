@@ -32,7 +32,7 @@ def _targets(ctx, param, value):
     if value is None:
         return None
     try:
-        targets = tuple(int(t) for t in value.replace(" ", "").split(",") if t != "")
+        targets = tuple(int(t) for t in value.split(",") if t.strip())
         if not targets:
             raise ValueError
         return targets
