@@ -207,3 +207,14 @@ def test_same_file_compares_the_open_file_with_the_path(tmp_path):
         assert not lock_module._same_file(fd, a)
     finally:
         os.close(fd)
+
+
+def test_a_longer_record_left_behind_is_overwritten_whole_and_the_file_closed(tmp_path):
+    path = tmp_path / ".invkit.lock"
+    path.write_text(json.dumps({"pid": 1, "host": "gone", "command": "x" * 2000}) + "\n")
+    lock = OutputLock(tmp_path, command="short").acquire()
+    fd = lock._fd
+    assert json.loads(path.read_text())["command"] == "short"  # no tail of the old record
+    lock.release()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # released and closed
