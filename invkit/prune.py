@@ -221,8 +221,10 @@ def output_layers(module: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         >>> output_layers(load_teacher("digits").module, torch.zeros(1, 3, 32, 32))
         [Linear(in_features=64, out_features=10, bias=True)]
     """
-    produced: dict[int, nn.Module] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: produced.__setitem__(id(o), m))
+    # The outputs are kept alive with their layer: a freed one's id can be reused by a
+    # later tensor (the network's output), which then looked like that layer's output.
+    produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: produced.__setitem__(id(o), (m, o)))
              for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
@@ -231,7 +233,7 @@ def output_layers(module: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         for hook in hooks:
             hook.remove()
     if isinstance(out, torch.Tensor) and id(out) in produced:
-        return [produced[id(out)]]
+        return [produced[id(out)][0]]
     # The output went through something else (e.g. a final pooling): protect the last layer.
     last = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return last[-1:]
@@ -268,12 +270,26 @@ def prunable_groups(graph, ignored: list[nn.Module]) -> dict[str, object]:
                                       root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         if isinstance(root, nn.Conv2d) and root.groups > 1:
-            continue  # grouped convolutions follow their input group, never roots
+            # Grouped convolutions follow their input group, never roots: root the group at
+            # the layer producing those channels (torch-pruning may have rooted it here,
+            # which left e.g. MobileNetV2's expansion convolutions unpruned).
+            root = next((item.dep.target.module for item in group if _produces(graph, item)),
+                        None)
+            if root is None or names[root] in groups:
+                continue
+            group = graph.get_pruning_group(root, _root_fn(root), list(range(_channels(root))))
         groups[names[root]] = group
     if not groups:
         raise InvkitError("the teacher has no prunable channels (no conv or linear layer "
                           "besides the classifier that torch-pruning can shrink)")
     return groups
+
+
+def _produces(graph, item) -> bool:
+    """Whether ``item`` of a group removes output channels of an ungrouped conv or linear."""
+    layer = item.dep.target.module
+    return (isinstance(layer, (nn.Conv2d, nn.Linear)) and getattr(layer, "groups", 1) == 1
+            and graph.is_out_channel_pruning_fn(item.dep.handler))
 
 
 def _root_fn(module: nn.Module):
