@@ -232,6 +232,13 @@ def test_build_errors(tmp_path, monkeypatch):
         "invkit, or run scripts/train_digits.py in a checkout)")
 
 
+def test_bundled_file_of_another_network_names_the_file(monkeypatch):
+    other = digits.WEIGHTS["digits-verifier"]
+    monkeypatch.setitem(digits.WEIGHTS, "digits", other)
+    message = raises(digits.build, "digits")
+    assert message.startswith(f"weights {other} do not fit digits: ")
+
+
 def test_bundled_teacher_classifies_heldout_digits():
     images01, labels = digits.digits_dataset("heldout")
     teacher = digits.build("digits")

@@ -55,6 +55,10 @@ class Plugin:
         yield TeacherSpec("t-plain", "plain", factory=plain_factory, source="test",
                           input_size=8, num_classes=4, default_weights="dflt")
         yield TeacherSpec("t-nosize", "no size", factory=tiny_teacher, source="test")
+        yield TeacherSpec("t-noclasses", "size only", factory=tiny_teacher, source="test",
+                          input_size=8)
+        yield TeacherSpec("t-nosize2", "classes only", factory=tiny_teacher, source="test",
+                          num_classes=4)
         yield TeacherSpec("t-int", "int", factory=lambda weights=None: 3, source="test")
         yield TeacherSpec("t-file", "default file", factory=tiny_teacher, source="test",
                           input_size=8, num_classes=4, default_weights="nowhere/w.pth")
@@ -167,6 +171,11 @@ def test_preview_teacher_from_specs_and_files(tmp_path, plugin):
     # A plugin spec without size: built with random weights to find out.
     assert T.preview_teacher("t-nosize").input_size == 8
     assert plugin[-1]["weights"] == "none"
+    for name in ("t-noclasses", "t-nosize2"):
+        plugin.clear()
+        got = T.preview_teacher(name)
+        assert (got.input_size, got.num_classes, got.arch) == (8, 4, "t-full")
+        assert plugin == [{"weights": "none", "input_size": None, "trust": None}]
 
 
 def test_preview_teacher_ignores_weights_none_even_if_a_file_is_named_so(tmp_path,
@@ -213,8 +222,10 @@ def test_has_batchnorm():
 
 def test_factory_arguments(plugin):
     """Only what a factory declares reaches it; None weights are not passed at all."""
-    T.load_teacher("t-plain")
+    teacher = T.load_teacher("t-plain")
     assert plugin[-1] == {}
+    assert not teacher.module.training  # a plugin's module in training mode is put in eval
+    assert not T.load_teacher("t-full").module.training
     T.load_teacher("t-plain", weights="abc", trust_checkpoint=True)
     assert plugin[-1] == {"weights": "abc"}
     teacher = T.load_teacher("t-plain", weights="abc")
