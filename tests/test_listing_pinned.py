@@ -144,6 +144,7 @@ def test_console_widths(monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
     assert listing.console(fit_terminal=True).width == 80
+    assert listing.console(fit_terminal=True)._highlight is False
     assert listing.console(fit_terminal=False).width == 120
     out = io.StringIO()
     monkeypatch.setattr(listing, "Console", lambda **kw: Console(file=out, **kw))
@@ -258,7 +259,8 @@ def test_show_a_plugin_record(zoo, invoke, group, name):
 
 @pytest.mark.parametrize("group,name", [
     ("methods", "deepinversion"), ("methods", "pii"), ("methods", "fast"),
-    ("priors", "bn-stats"), ("priors", "tv-l2"), ("schedules", "warmup-cosine"),
+    ("priors", "bn-stats"), ("priors", "tv-l2"), ("priors", "cross-entropy"),
+    ("schedules", "warmup-cosine"),
     ("verifiers", "accuracy"), ("teachers", "digits"),
 ])
 def test_show_bundled_records(invoke, group, name):
@@ -354,3 +356,20 @@ def test_only_the_teacher_listing_fits_the_terminal(zoo, invoke, monkeypatch):
     _ok(invoke("teachers", "list", "--include", "h7-*"))
     _ok(invoke("priors", "list"))
     assert asked == [True, False]
+
+
+def test_print_table_arguments(zoo, invoke, monkeypatch):
+    """Title with the count; caption "N matching." alone (no trailing space) for a kind
+    without a caption, None without patterns."""
+    calls = []
+    monkeypatch.setattr(listing, "print_table",
+                        lambda title, columns, records, caption, fit_terminal: calls.append(
+                            (title, columns, [r.name for r in records], caption,
+                             fit_terminal)))
+    _ok(invoke("priors", "list", "--include", "h7-*"))
+    _ok(invoke("schedules", "list", "--exclude", "*"))
+    _ok(invoke("methods", "list"))
+    assert calls[0] == ("priors (2)", listing.COLUMNS["prior"], ["h7-bright", "h7-plain"],
+                        "2 matching.", False)
+    assert calls[1][0] == "schedules (0)" and calls[1][3] == "0 matching."
+    assert calls[2][0] == "methods (5)" and calls[2][3] is None
