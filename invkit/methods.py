@@ -175,7 +175,8 @@ def choose_preset(presets: Sequence[Preset], meta: TeacherMeta | None,
                  and meta.input_size <= p.max_input_size]
         if sized:
             return min(sized, key=lambda p: p.max_input_size)
-    general = [p for p in presets if p.max_input_size is None]
+    # A family preset is no general default: "any other teacher" must not get digits' values.
+    general = [p for p in presets if p.max_input_size is None and not p.families]
     return (general or list(presets))[0]
 
 
