@@ -5,6 +5,7 @@ betas, the objective's terms and the priors' recorded options.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -17,6 +18,8 @@ from invkit_plugins.deepinversion.adaptive import Competition
 from invkit_plugins.deepinversion.bn_stats import BNStats
 from invkit_plugins.deepinversion.method import DeepInversion, DIConfig, augment
 from invkit_plugins.generative import method as fast_method
+from invkit_plugins.generative.method import _Counter
+from invkit_plugins.generative.network import latents
 from invkit_plugins.plugin_inversion.method import PIIConfig, PlugInInversion
 from tests.di_tiny import tiny_teacher
 
@@ -104,3 +107,91 @@ def test_is_main_process_follows_the_rank(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     assert fast_method._is_main_process() is True
+
+
+# ------------------------------------------------------------------ fast
+
+
+def _fast_objective():
+    return build_objective([parse_prior(p) for p in ("cross-entropy", "tv-l2:1e-3")])
+
+
+def test_fast_first_training_step_is_seeded_by_generator_seed():
+    from invkit_plugins.generative.method import FastGenerator, _augment
+    from invkit_plugins.generative.network import ConditionalGenerator
+    from invkit_plugins.generative.options import FastConfig
+
+    teacher = tiny_teacher()
+    config = FastConfig(train_steps=1, train_bs=4, z_dim=4, width=8, jitter=2, flip=True,
+                        generator_seed=2, save_every=1)   # seed 2: shift and flip
+    seen = []
+    fg = FastGenerator(teacher, _fast_objective(), config=config)
+    fg.train(callback=seen.append)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        net = ConditionalGenerator(fg.spec).train()
+    draw = torch.Generator().manual_seed(2)
+    z = torch.randn(4, 4, generator=draw)
+    y = torch.randint(4, (4,), generator=draw)
+    view = _augment(fg._inputs(net(z, y)), 2, True, random.Random(2))
+    reference = _fast_objective()
+    with reference.attached(Setup(teacher=teacher)):
+        total, terms = reference(Step(view, teacher.module(view), y, teacher))
+    assert len(seen) == 1 and seen[0].losses["total"] == pytest.approx(float(total.detach()),
+                                                                       rel=1e-5)
+
+
+def test_fast_k_fine_tuning_uses_inner_lr(tmp_path):
+    from invkit_plugins.generative.method import FastGenerator
+    from invkit_plugins.generative.options import FastConfig
+
+    teacher = tiny_teacher()
+    base = dict(train_steps=2, train_bs=4, z_dim=4, width=8)
+    path = tmp_path / "g.safetensors"
+    FastGenerator(teacher, _fast_objective(),
+                  config=FastConfig(save_generator=str(path), **base)).train()
+
+    def sample(lr, inner_lr):
+        cfg = FastConfig(generator=str(path), steps_per_batch=2, lr=lr, inner_lr=inner_lr,
+                         z_dim=4, width=8)
+        return FastGenerator(teacher, _fast_objective(), config=cfg).generate(
+            [0, 1], seed=1).inputs
+
+    a = sample(1e-3, 0.05)
+    assert torch.equal(a, sample(0.5, 0.05))
+    assert not torch.allclose(a, sample(1e-3, 0.2))
+    # The batch's K steps: fresh Adam at inner_lr, augmentations drawn from the batch seed.
+    cfg = FastConfig(generator=str(path), steps_per_batch=2, inner_lr=0.05, z_dim=4,
+                     width=8, jitter=2, flip=True)
+    fg = FastGenerator(teacher, _fast_objective(), config=cfg)
+    got = fg.generate([0, 1], seed=2).inputs
+    net = copy.deepcopy(fg.net).train()
+    z, targets = latents(2, 4, 2), torch.tensor([0, 1])
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05, betas=(0.5, 0.999))
+    rng = random.Random(2)
+    counter = _Counter(None, 2, stages=1, stage=1, label="", every=1, stage_iterations=2)
+    with fg._attached():
+        for _ in range(2):
+            fg._step(net, optimizer, z, targets, rng, counter)
+        want, _ = fg._sample(net, z, targets)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_feature_diversity_reads_the_last_linear_layer():
+    from torch import nn
+
+    from invkit.specs import Teacher
+    from invkit_plugins.generative.method import feature_diversity
+
+    meta = tiny_teacher().meta
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5), nn.Tanh(),
+                               nn.Linear(5, 4)).eval()
+    teacher = Teacher(module=module, meta=meta, name="mlp")
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = module[2](module[1](module[0](teacher.prepare(images))))
+    want = float(torch.dist(feats[0], feats[1]))
+    assert feature_diversity(teacher, images, torch.tensor([1, 1])) == pytest.approx(
+        want, rel=1e-5)
