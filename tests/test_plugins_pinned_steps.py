@@ -195,3 +195,39 @@ def test_feature_diversity_reads_the_last_linear_layer():
     want = float(torch.dist(feats[0], feats[1]))
     assert feature_diversity(teacher, images, torch.tensor([1, 1])) == pytest.approx(
         want, rel=1e-5)
+
+
+def test_competition_clamps_confident_probabilities():
+    from invkit_plugins.deepinversion.adaptive import competition_loss
+
+    # Softmax at T=1 puts p and q outside [0.01, 0.99]: each is clamped before the logs.
+    s, t = torch.tensor([[6.0, 0.0, -6.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p = F.softmax(s, dim=1)
+    q = F.softmax(t, dim=1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    pc, qc = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
+    js = 0.5 * (m * (m.log() - pc.log())).sum() + 0.5 * (m * (m.log() - qc.log())).sum()
+    assert 0 < float(js) < 1
+    assert float(competition_loss(s, t, 1.0)) == pytest.approx(1 - float(js), rel=1e-6)
+    assert float(competition_loss(t, s, 1.0)) == pytest.approx(1 - float(js), rel=1e-6)
+
+
+def test_channel_variance_is_never_negative():
+    from invkit_plugins.deepinversion.moments import ChannelMoments
+
+    # E[x^2] - mean^2 rounds below zero for this constant input in float32.
+    mean, var = ChannelMoments.apply(torch.full((1, 1, 3, 3), 0.1))
+    assert var.tolist() == [0.0]
+    mean, var = ChannelMoments.apply(torch.full((1, 1, 5, 5), 3.3))
+    assert var.tolist() == [0.0]
+
+
+def test_bn_stats_releases_the_layer_inputs_once_computed():
+    teacher = tiny_teacher()
+    prior = BNStats()
+    prior.setup(Setup(teacher=teacher))
+    teacher.module(torch.randn(2, 3, 16, 16))
+    assert [x is not None for x in prior._inputs] == [True, True]
+    prior.layer_losses()
+    assert prior._inputs == [None, None]
+    prior.teardown()
