@@ -45,3 +45,15 @@ def test_priors_show_golden(invoke, name):
     result = invoke("priors", "show", name)
     assert result.exit_code == 0
     assert_golden(f"h8-priors-show-{name}", result.output)
+
+
+def test_presets_and_settings_golden():
+    """Every field of every preset (summaries, weights, targets, options), as repr."""
+    from invkit_plugins.deepinversion.presets import IMAGENET_TARGETS, PRESETS, SETTINGS
+    from invkit_plugins.generative.presets import PRESETS as FAST_PRESETS
+    from invkit_plugins.plugin_inversion.presets import PRESETS as PII_PRESETS
+
+    lines = [repr(s) for s in SETTINGS.values()] + [repr(p) for p in PRESETS]
+    lines += [repr(p) for p in FAST_PRESETS] + [repr(p) for p in PII_PRESETS]
+    lines.append(repr(IMAGENET_TARGETS))
+    assert_golden("h8-presets-repr", "\n".join(lines) + "\n")
