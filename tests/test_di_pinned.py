@@ -5,7 +5,6 @@ best iterate kept, the ``--compile`` fallback, and the plugin module's registrat
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import warnings
 
