@@ -63,8 +63,9 @@ def test_report_broken_warns_one_line(monkeypatch):
         "plugin 'p1' failed to run x: ValueError: bad thing here",
         "plugin 'p2' failed to load: ImportError: x"]
     assert all(w.category is PluginWarning for w in caught)
-    assert caught[0].filename == __file__
-    assert caught[0].lineno == _outer.__code__.co_firstlineno + 1
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds a frame
+        assert caught[0].filename == __file__
+        assert caught[0].lineno == _outer.__code__.co_firstlineno + 1
 
 
 def test_report_broken_raises_when_strict(monkeypatch):
