@@ -342,6 +342,20 @@ def test_align_new_rows_boundaries_and_zero_rows():
     assert info["gamma"] == pytest.approx(0.25) and no_bias.module[1].weight[2, 11] == 1.5
 
 
+def test_align_new_rows_scales_up_new_rows_shorter_than_one():
+    """Any positive norm is scaled by, including one below 1 (only zero rows are left)."""
+    net = widen(named(), ("k",))
+    head = net.module[-1]
+    with torch.no_grad():
+        head.weight[:] = 0.0
+        head.weight[:10, 0] = 1.0   # old rows: norm 1
+        head.weight[10, 0] = 0.25   # the new row: norm 0.25
+        head.bias[:] = 0.5
+    info = align_new_rows(net, 10)
+    assert info == {"gamma": 4.0, "old_norm": 1.0, "new_norm": 0.25}
+    assert head.weight[10, 0].item() == 1.0 and head.bias[10].item() == 2.0
+
+
 def test_cycle_reshuffles_after_each_pass():
     cycle = _Cycle(5, 3, torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)

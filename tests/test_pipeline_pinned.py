@@ -507,3 +507,32 @@ def test_execute_passes_everything_along(tmp_path, monkeypatch, single):
     execute_module.execute(student, display=Shown())
     assert loads[-1] == ("digits", {"device": "cpu", "salt": 2}) and len(loads) == 2
     assert made[-2][3] is not None and made[-2][4] is None
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_execute_builds_its_display_from_the_request(tmp_path, monkeypatch, single, quiet):
+    """Without a display given, ``--quiet`` reaches the one execute builds (rank 0 shows)."""
+    import invkit.history
+
+    built = []
+
+    class Recorded(_Display):
+        def __init__(self, **kwargs):
+            super().__init__()
+            built.append(kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    def factory(teacher, objective, *, config, student, verifier):
+        return _Generator(torch.zeros(1, 3, 32, 32), verifier_pred=None, size=32)
+
+    monkeypatch.setattr(invkit.history, "plot", lambda *args, **kwargs: None)
+    monkeypatch.setattr("invkit.progress.ProgressDisplay", Recorded)  # imported on use
+    run = dataclasses.replace(_resolved(tmp_path, quiet=quiet),
+                              spec=SimpleNamespace(factory=factory))
+    assert execute_module.execute(run)["num_images"] == 10
+    assert built == [{"quiet": quiet, "enabled": True}]
