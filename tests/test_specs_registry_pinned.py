@@ -376,3 +376,17 @@ def test_main_runs_the_cli_as_invkit(capsys):
         main(["plugins", "--json"])
     assert exited.value.code == 0
     assert '"name": "invkit.priors"' in capsys.readouterr().out
+
+
+def test_unknown_name_messages_for_each_kind_of_choice_list():
+    """The whole message: no hint without a near name, an empty registry, a long list."""
+    from invkit.errors import unknown
+
+    assert str(unknown("prior", "zzz", ["l2", "tv-l1"])) == (
+        "unknown prior 'zzz' (valid: l2, tv-l1)")
+    assert str(unknown("verifier", "v", [])) == (
+        "unknown verifier 'v' (no verifiers are registered: see 'invkit plugins')")
+    many = [f"net{i}" for i in range(31)]
+    assert str(unknown("teacher", "qqq", many)) == (
+        "unknown teacher 'qqq' (31 valid names: see 'invkit teachers list')")
+    assert str(unknown("teacher", "qqq", many[:30])).endswith(", net9)")
