@@ -58,7 +58,8 @@ def available_bytes(device: str | None = "cpu") -> tuple[int | None, str]:
     """Memory available for new allocations on ``device`` and where it comes from.
 
     CUDA devices: free memory reported by the driver. Otherwise: the machine's
-    available RAM (``os.sysconf``; ``None`` when the system does not report it).
+    available RAM (Linux's ``MemAvailable``, which counts reclaimable cache; else free
+    pages from ``os.sysconf``; ``None`` when the system reports neither).
 
     Example:
         >>> free, source = available_bytes("cpu")
@@ -74,7 +75,16 @@ def available_bytes(device: str | None = "cpu") -> tuple[int | None, str]:
     return _available_ram(), "RAM"
 
 
+#: Linux's estimate of memory available without swapping (free plus reclaimable cache).
+MEMINFO = "/proc/meminfo"
+
+
 def _available_ram() -> int | None:
+    # Free pages alone exclude the page cache the kernel hands back on demand: after a big
+    # install or file copy they read a few GB on a machine with 20 GB to spare.
+    meminfo = _meminfo_available()
+    if meminfo is not None:
+        return meminfo
     try:
         pages = os.sysconf("SC_AVPHYS_PAGES")
         page = os.sysconf("SC_PAGE_SIZE")
@@ -83,6 +93,20 @@ def _available_ram() -> int | None:
     if pages <= 0 or page <= 0:
         return None
     return int(pages) * int(page)
+
+
+def _meminfo_available() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes; None where it is not reported."""
+    try:
+        with open(MEMINFO, encoding="ascii") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key == "MemAvailable":
+                    kib, unit = value.split()
+                    return int(kib) * 1024 if unit == "kB" else None
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def check_memory(estimate_bytes: int, what: str, device: str | None = "cpu", *,

@@ -1,5 +1,5 @@
 """The memory guard: the estimate's exact arithmetic, where the available figure comes
-from (RAM via sysconf, free CUDA memory), the refusal's exact message, the limit itself
+from (RAM: MemAvailable, else sysconf's free pages; free CUDA memory), the refusal's exact message, the limit itself
 accepted and one byte more refused, and the decimal units of format_bytes."""
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def test_a_dimension_below_one_is_refused_by_name(args, message):
     assert str(err.value) == message
 
 
-def test_available_ram_is_pages_times_page_size(monkeypatch):
+def test_available_ram_is_pages_times_page_size(monkeypatch, tmp_path):
+    """Without /proc/meminfo: free pages times the page size."""
+    monkeypatch.setattr(resources, "MEMINFO", str(tmp_path / "absent"))
     sizes = {"SC_AVPHYS_PAGES": 10, "SC_PAGE_SIZE": 4096}
     monkeypatch.setattr(os, "sysconf", lambda name: sizes[name])
     assert available_bytes("cpu") == (40960, "RAM")
@@ -49,8 +51,25 @@ def test_available_ram_is_pages_times_page_size(monkeypatch):
     assert available_bytes("cpu") == (1, "RAM")
 
 
+def test_available_ram_counts_reclaimable_cache(monkeypatch, tmp_path):
+    """Linux: MemAvailable (free plus cache the kernel gives back), not free pages only;
+    an unreadable or odd line falls back to the free pages."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         2000000 kB\n"
+                       "MemAvailable:   20000000 kB\nBuffers:  1 kB\n")
+    monkeypatch.setattr(resources, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 3,
+                                                     "SC_PAGE_SIZE": 4096}[name])
+    assert available_bytes("cpu") == (20000000 * 1024, "RAM")
+    for text in ("MemTotal: 1 kB\n", "MemAvailable: 5 MB\n", "MemAvailable: x kB\n", ""):
+        meminfo.write_text(text)
+        assert available_bytes("cpu") == (3 * 4096, "RAM"), text
+
+
 @pytest.mark.parametrize("error", [ValueError, OSError, AttributeError])
-def test_ram_not_reported_is_none(monkeypatch, error):
+def test_ram_not_reported_is_none(monkeypatch, tmp_path, error):
+    monkeypatch.setattr(resources, "MEMINFO", str(tmp_path / "absent"))
+
     def fail(name):
         raise error(name)
 
@@ -58,7 +77,8 @@ def test_ram_not_reported_is_none(monkeypatch, error):
     assert available_bytes("cpu") == (None, "RAM")
 
 
-def test_cuda_devices_report_the_driver_free_memory(monkeypatch):
+def test_cuda_devices_report_the_driver_free_memory(monkeypatch, tmp_path):
+    monkeypatch.setattr(resources, "MEMINFO", str(tmp_path / "absent"))
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: asked.append(d) or (123, 456))
