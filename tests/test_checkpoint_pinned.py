@@ -10,17 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from invkit.errors import InvkitError
 from invkit.specs import TeacherMeta
 from invkit.teachers import checkpoint as ck
+from tests.expect import invkit_error
 
 TAIL = " - is it a checkpoint of another architecture? (choose it with --arch)"
-
-
-def raises(fn, *args, **kwargs) -> str:
-    with pytest.raises(InvkitError) as info:
-        fn(*args, **kwargs)
-    return str(info.value)
 
 
 def test_constants_callers_rely_on():
@@ -54,9 +48,9 @@ def test_looks_like_file_sees_an_existing_bare_name(tmp_path, monkeypatch):
 
 def test_missing_and_directory_paths(tmp_path):
     """Both refusals name the path exactly."""
-    assert raises(ck.read_state_dict, tmp_path / "nope.pth") == (
+    assert invkit_error(ck.read_state_dict, tmp_path / "nope.pth") == (
         f"weights file not found: {tmp_path / 'nope.pth'}")
-    assert raises(ck.read_metadata, tmp_path) == f"weights path is not a file: {tmp_path}"
+    assert invkit_error(ck.read_metadata, tmp_path) == f"weights path is not a file: {tmp_path}"
 
 
 def _file(tmp_path, name, data: bytes):
@@ -96,7 +90,7 @@ def test_corrupted_safetensors_messages(tmp_path):
     """Unreadable header, and a readable header over missing data: both one exact prefix."""
     bad = _file(tmp_path, "bad.safetensors", b"garbage!")
     for fn in (ck.read_metadata, ck.read_state_dict):
-        message = raises(fn, bad)
+        message = invkit_error(fn, bad)
         assert message.startswith(f"cannot read {bad}: corrupted or truncated safetensors "
                                   "file (")
         assert message.endswith(")") and "\n" not in message
@@ -104,7 +98,7 @@ def test_corrupted_safetensors_messages(tmp_path):
 
     data = save({"a": torch.zeros(100)})
     cut = _file(tmp_path, "cut.safetensors", data[:-40])
-    message = raises(ck.read_state_dict, cut)
+    message = invkit_error(ck.read_state_dict, cut)
     assert message.startswith(f"cannot read {cut}: corrupted or truncated safetensors file (")
 
 
@@ -128,7 +122,7 @@ class Custom:
 def test_refusing_full_unpickling_names_the_class_exactly(tmp_path):
     path = tmp_path / "needs.pth"
     torch.save({"a": torch.ones(2), "extra": Custom()}, path)
-    assert raises(ck.read_state_dict, path) == (
+    assert invkit_error(ck.read_state_dict, path) == (
         f"{path} needs full unpickling to load (it contains "
         f"{__name__}.Custom), which can run arbitrary code; if you trust this file, "
         "pass --trust-checkpoint (or convert it to safetensors)")
@@ -140,14 +134,14 @@ def test_refusing_full_unpickling_names_the_class_exactly(tmp_path):
 def test_unpickling_errors_that_are_not_refusals(tmp_path):
     """A bad pickle read with trust is 'corrupted or not a checkpoint'."""
     path = _file(tmp_path, "bad.pkl", pickle.dumps([1])[:2] + b"\xff\xff")
-    message = raises(ck.read_state_dict, path, trust=True)
+    message = invkit_error(ck.read_state_dict, path, trust=True)
     assert message.startswith(f"cannot read {path}: corrupted or not a checkpoint (")
     assert message.endswith(")")
 
 
 def test_garbage_pickle_message(tmp_path):
     path = _file(tmp_path, "junk.pt", b"this is not a checkpoint at all" * 10)
-    message = raises(ck.read_state_dict, path)
+    message = invkit_error(ck.read_state_dict, path)
     assert message.startswith(f"cannot read {path}: corrupted ")
     assert message.endswith(")")
 
@@ -190,17 +184,18 @@ def test_extract_state_dict_every_nesting_key_in_order():
 
 
 def test_extract_state_dict_errors():
-    assert raises(ck.extract_state_dict, [1, 2], "f.pth") == "f.pth holds a list, not a state dict"
-    assert raises(ck.extract_state_dict, 3) == "checkpoint holds a int, not a state dict"
-    assert raises(ck.extract_state_dict, {}, "e.pt") == (
+    assert invkit_error(ck.extract_state_dict, [1, 2], "f.pth") == (
+        "f.pth holds a list, not a state dict")
+    assert invkit_error(ck.extract_state_dict, 3) == "checkpoint holds a int, not a state dict"
+    assert invkit_error(ck.extract_state_dict, {}, "e.pt") == (
         "e.pt has no state dict (looked for a bare one and under state_dict/model; its keys: "
         "none)")
     keys = {f"k{i}": i for i in range(7)}
-    assert raises(ck.extract_state_dict, keys, "m.pt") == (
+    assert invkit_error(ck.extract_state_dict, keys, "m.pt") == (
         "m.pt has no state dict (looked for a bare one and under state_dict/model; its keys: "
         "k0, k1, k2, k3, k4)")
     # Fewer than half tensors: not a state dict.
-    assert raises(ck.extract_state_dict, {"a": torch.ones(1), "b": 1, "c": 2}, "h") == (
+    assert invkit_error(ck.extract_state_dict, {"a": torch.ones(1), "b": 1, "c": 2}, "h") == (
         "h has no state dict (looked for a bare one and under state_dict/model; its keys: "
         "a, b, c)")
 
@@ -266,7 +261,7 @@ def test_load_into_error_message_in_full():
     state.update({f"l{i}.bias": torch.zeros(1) for i in range(6)})
     state.update({"x.a": torch.zeros(1)})
     shapes = "; ".join(f"l{i}.weight: file (2, 1) vs network (1, 1)" for i in range(5))
-    assert raises(ck.load_into, target, state, source="s.pth", arch="wide") == (
+    assert invkit_error(ck.load_into, target, state, source="s.pth", arch="wide") == (
         f"weights s.pth do not fit wide: 7 with the wrong shape ({shapes} and 2 more); "
         f"1 missing (l6.bias); 1 unexpected (x.a)" + TAIL)
 
@@ -274,7 +269,7 @@ def test_load_into_error_message_in_full():
 def test_load_into_five_wrong_shapes_and_default_arch():
     target = Wide(5)
     state = {k: torch.zeros(3) for k in target.state_dict()}
-    message = raises(ck.load_into, target, {k: v for k, v in state.items()
+    message = invkit_error(ck.load_into, target, {k: v for k, v in state.items()
                                             if k.endswith("weight")}, source="f")
     assert message == ("weights f do not fit the network: 5 with the wrong shape ("
                        + "; ".join(f"l{i}.weight: file (3,) vs network (1, 1)"
@@ -302,7 +297,7 @@ def test_load_into_renames_and_fills_batchnorm_counters():
 
 def test_load_into_missing_counter_is_not_reported_but_other_missing_is():
     net = nn.Sequential(nn.BatchNorm1d(2))
-    message = raises(ck.load_into, net, {"0.weight": torch.ones(2)}, source="s", arch="a")
+    message = invkit_error(ck.load_into, net, {"0.weight": torch.ones(2)}, source="s", arch="a")
     assert message == ("weights s do not fit a: 3 missing (0.bias, 0.running_mean, "
                        "0.running_var)" + TAIL)
 
@@ -347,16 +342,16 @@ def test_apply_pruned_structure_without_key_or_metadata():
 
 def test_apply_pruned_structure_errors():
     net = nn.Sequential(nn.Linear(2, 2))
-    assert raises(ck.apply_pruned_structure, net,
+    assert invkit_error(ck.apply_pruned_structure, net,
                   {"pruned": '{"9": {"type": "Linear", "in": 1, "out": 1}}'}, source="f") == (
         "f: its pruned structure does not fit the network (\"no layer '9' in the network\")")
-    assert raises(ck.apply_pruned_structure, net,
+    assert invkit_error(ck.apply_pruned_structure, net,
                   {"pruned": '{"0": {"type": "Conv2d", "in": 1, "out": 1}}'}) == (
         "checkpoint: its pruned structure does not fit the network (layer is a Linear, the "
         "file says Conv2d)")
-    assert raises(ck.apply_pruned_structure, net, {"pruned": '{"0": {"type": "Linear"}}'},
+    assert invkit_error(ck.apply_pruned_structure, net, {"pruned": '{"0": {"type": "Linear"}}'},
                   source="g") == "g: its pruned structure does not fit the network ('in')"
-    message = raises(ck.apply_pruned_structure, net, {"pruned": "not json"}, source="h")
+    message = invkit_error(ck.apply_pruned_structure, net, {"pruned": "not json"}, source="h")
     assert message.startswith("h: its pruned structure does not fit the network (Expecting ")
 
 
@@ -418,12 +413,12 @@ def test_meta_from_metadata_round_trip_and_fallbacks():
 def test_meta_from_metadata_incomplete_message():
     data = ck.teacher_metadata(_meta())
     del data["arch"]
-    assert raises(ck.meta_from_metadata, data, "f.safetensors", "w") == (
+    assert invkit_error(ck.meta_from_metadata, data, "f.safetensors", "w") == (
         "f.safetensors has incomplete invkit metadata ('arch'); pass --arch NAME to load it "
         "into a known network")
     data = ck.teacher_metadata(_meta())
     data["input_size"] = "big"
-    assert raises(ck.meta_from_metadata, data, "g", "w") == (
+    assert invkit_error(ck.meta_from_metadata, data, "g", "w") == (
         "g has incomplete invkit metadata (invalid literal for int() with base 10: 'big'); "
         "pass --arch NAME to load it into a known network")
 
@@ -446,7 +441,7 @@ IMPLAUSIBLE = " (the file is damaged, or was not written by invkit)"
 ])
 def test_implausible_metadata_each_problem(change, problem):
     data = ck.teacher_metadata(_meta(**change))
-    assert raises(ck.meta_from_metadata, data, "bad.st", "w") == (
+    assert invkit_error(ck.meta_from_metadata, data, "bad.st", "w") == (
         f"bad.st has implausible metadata: {problem}" + IMPLAUSIBLE)
 
 
@@ -462,7 +457,7 @@ def test_plausible_metadata_at_the_limits(change):
 
 def test_implausible_problems_are_joined():
     data = ck.teacher_metadata(_meta(input_size=0, num_classes=0, class_names=None))
-    assert raises(ck.meta_from_metadata, data, "b", "w") == (
+    assert invkit_error(ck.meta_from_metadata, data, "b", "w") == (
         "b has implausible metadata: input_size 0 (allowed 1..8192); num_classes 0 (allowed "
         "1..1000000)" + IMPLAUSIBLE)
 

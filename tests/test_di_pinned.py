@@ -22,18 +22,13 @@ from invkit_plugins.deepinversion.method import (
     DeepInversion, DIConfig, Pixels, _to_floats, augment, compiled_or_eager,
 )
 from tests.di_tiny import tiny_teacher
+from tests.expect import invkit_error
 
 PRIORS = ["cross-entropy", "bn-stats:0.05,first_bn_multiplier=2", "tv-l2:1e-3"]
 
 
 def objective():
     return build_objective([parse_prior(p) for p in PRIORS])
-
-
-def _error(**kw) -> str:
-    with pytest.raises(InvkitError) as err:
-        DIConfig(**kw)
-    return str(err.value)
 
 
 # ------------------------------------------------------------------ DIConfig
@@ -49,19 +44,19 @@ def test_config_defaults_are_the_published_ones():
 
 
 def test_config_errors_are_exact_and_bounds_inclusive():
-    assert _error(amp="fp8") == "amp 'fp8' is not one of: fp32, fp16, bf16"
+    assert invkit_error(DIConfig, amp="fp8") == "amp 'fp8' is not one of: fp32, fp16, bf16"
     two = (Stage(3, 2), Stage(3, 1))
     assert DIConfig(plan=two, iterations=2).stages() == (Stage(1, 2), Stage(1, 1))
-    assert _error(plan=two, iterations=1) == (
+    assert invkit_error(DIConfig, plan=two, iterations=1) == (
         "--iterations 1 is too few for a 2-stage plan (need at least 2)")
-    assert _error(lr=0.0) == "--lr 0.0 must be a positive number"
-    assert _error(lr=-1.0) == "--lr -1.0 must be a positive number"
-    assert _error(lr=float("inf")) == "--lr inf must be a positive number"
+    assert invkit_error(DIConfig, lr=0.0) == "--lr 0.0 must be a positive number"
+    assert invkit_error(DIConfig, lr=-1.0) == "--lr -1.0 must be a positive number"
+    assert invkit_error(DIConfig, lr=float("inf")) == "--lr inf must be a positive number"
     assert DIConfig(lr=1e-12).lr == 1e-12
     assert DIConfig(save_every=1).save_every == 1
-    assert _error(save_every=0) == "--save-every 0 must be at least 1"
+    assert invkit_error(DIConfig, save_every=0) == "--save-every 0 must be at least 1"
     assert DIConfig(jitter=0).jitter == 0
-    assert _error(jitter=-1) == "--jitter -1 must be 0 or more"
+    assert invkit_error(DIConfig, jitter=-1) == "--jitter -1 must be 0 or more"
     for amp in ("fp32", "fp16", "bf16"):
         assert DIConfig(amp=amp).amp == amp
 
@@ -166,22 +161,16 @@ def _di(**kw):
     return DeepInversion(tiny_teacher(), objective(), config=DIConfig(**base))
 
 
-def _raises(di, targets) -> str:
-    with pytest.raises(InvkitError) as err:
-        di.generate(targets)
-    return str(err.value)
-
-
 def test_generate_target_errors_exact():
     di = _di()
     msg = "targets must be a non-empty list of class indices"
-    assert _raises(di, []) == msg
-    assert _raises(di, torch.zeros(2, 2, dtype=torch.long)) == msg
-    assert _raises(di, [0, 4]) == (
+    assert invkit_error(di.generate, []) == msg
+    assert invkit_error(di.generate, torch.zeros(2, 2, dtype=torch.long)) == msg
+    assert invkit_error(di.generate, [0, 4]) == (
         "target 4 is out of range for a 4-class teacher (valid: 0..3)")
-    assert _raises(di, [-1, 2]) == (
+    assert invkit_error(di.generate, [-1, 2]) == (
         "target 2 is out of range for a 4-class teacher (valid: 0..3)")
-    assert _raises(_di(resolution=18, plan=(Stage(1, 4), Stage(1, 1))), [0]) == (
+    assert invkit_error(_di(resolution=18, plan=(Stage(1, 4), Stage(1, 1))).generate, [0]) == (
         "resolution 18 is not divisible by the stage's downsample factor 4")
 
 

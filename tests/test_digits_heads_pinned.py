@@ -11,16 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invkit.errors import InvkitError
 from invkit.specs import TeacherMeta
 from invkit.teachers import digits, heads
+from tests.expect import invkit_error
 from tests.golden import assert_golden
-
-
-def raises(fn, *args, **kwargs) -> str:
-    with pytest.raises(InvkitError) as info:
-        fn(*args, **kwargs)
-    return str(info.value)
 
 
 def test_constants():
@@ -60,7 +54,7 @@ def test_missing_splits_file(tmp_path, monkeypatch):
     monkeypatch.setattr(digits, "SPLITS_FILE", missing)
     digits._splits.cache_clear()
     try:
-        assert raises(digits.digits_raw, "train") == (
+        assert invkit_error(digits.digits_raw, "train") == (
             f"the digits data file is missing from the installation: {missing} (reinstall "
             "invkit, or run scripts/train_digits.py in a checkout)")
     finally:
@@ -68,7 +62,7 @@ def test_missing_splits_file(tmp_path, monkeypatch):
 
 
 def test_splits():
-    assert raises(digits.digits_raw, "test") == (
+    assert invkit_error(digits.digits_raw, "test") == (
         "unknown digits split 'test' (valid: train, heldout)")
     images8, labels = digits.digits_raw("train")
     assert images8.shape == (1347, 8, 8) and images8.dtype == torch.uint8
@@ -224,10 +218,10 @@ def test_build_loads_the_shipped_weights(name):
 
 
 def test_build_errors(tmp_path, monkeypatch):
-    assert raises(digits.build, "digits", "DEFAULT") == (
+    assert invkit_error(digits.build, "digits", "DEFAULT") == (
         "digits accepts --weights none or a weights file, not 'DEFAULT'")
     monkeypatch.setitem(digits.WEIGHTS, "digits", tmp_path / "no.safetensors")
-    assert raises(digits.build, "digits") == (
+    assert invkit_error(digits.build, "digits") == (
         f"the bundled digits weights are missing: {tmp_path / 'no.safetensors'} (reinstall "
         "invkit, or run scripts/train_digits.py in a checkout)")
 
@@ -235,7 +229,7 @@ def test_build_errors(tmp_path, monkeypatch):
 def test_bundled_file_of_another_network_names_the_file(monkeypatch):
     other = digits.WEIGHTS["digits-verifier"]
     monkeypatch.setitem(digits.WEIGHTS, "digits", other)
-    message = raises(digits.build, "digits")
+    message = invkit_error(digits.build, "digits")
     assert message.startswith(f"weights {other} do not fit digits: ")
 
 
@@ -263,19 +257,19 @@ def test_find_head():
     assert heads.find_head(net, num_classes=3)[0] == "classifier.1"
     assert heads.find_head(net, name="body.1") == ("body.1", net.body[1])
     assert heads.find_head(net, num_classes=6, name="body.1")[0] == "body.1"
-    assert raises(heads.find_head, net, name="fc") == (
+    assert invkit_error(heads.find_head, net, name="fc") == (
         "the network has no layer named 'fc' (give the dotted name of its final nn.Linear, "
         "e.g. 'fc')")
-    assert raises(heads.find_head, net, name="classifier.0") == (
+    assert invkit_error(heads.find_head, net, name="classifier.0") == (
         "layer 'classifier.0' is a ReLU, not an nn.Linear: only a linear classification head "
         "can be found and resized")
-    assert raises(heads.find_head, nn.Sequential(nn.Conv2d(1, 1, 1))) == (
+    assert invkit_error(heads.find_head, nn.Sequential(nn.Conv2d(1, 1, 1))) == (
         "cannot find the classification head of this Sequential: it has no nn.Linear layer "
         "(only a network ending in a linear classifier can be extended)")
-    assert raises(heads.find_head, net, num_classes=10) == (
+    assert invkit_error(heads.find_head, net, num_classes=10) == (
         "cannot find the classification head: layer 'classifier.1' has 3 outputs but the "
         "network has 10 classes (name the head layer explicitly, e.g. --head fc)")
-    assert raises(heads.find_head, net, 3, "body.1") == (
+    assert invkit_error(heads.find_head, net, 3, "body.1") == (
         "cannot find the classification head: layer 'body.1' has 6 outputs but the network "
         "has 3 classes (name the head layer explicitly, e.g. --head fc)")
 
@@ -299,7 +293,7 @@ def test_widen_linear():
     assert torch.equal(wide.weight[:3], old.weight) and torch.equal(wide.bias[:3], old.bias)
     same = heads.widen_linear(nn.Linear(2, 2, bias=False), 2)
     assert same.bias is None and same.out_features == 2 and same.weight.requires_grad
-    assert raises(heads.widen_linear, old, 2) == "cannot widen a head of 3 outputs to 2"
+    assert invkit_error(heads.widen_linear, old, 2) == "cannot widen a head of 3 outputs to 2"
 
 
 def test_resize_head():

@@ -17,26 +17,8 @@ from invkit.distill import (
     lr_plan, make_optimizer, save_distilled, shuffled_batches,
 )
 from invkit.errors import InvkitError
+from tests.progress_fakes import FakeProgress
 from tests.tiny_classifier import TinyPlugin, random_uint8, tiny_teacher
-
-
-class FakeProgress:
-    """Records every call the trainer makes on its progress display."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def start_task(self, description, total):
-        self.calls.append(("start_task", description, total))
-
-    def advance(self, n=1):
-        self.calls.append(("advance", n))
-
-    def report(self, losses, accuracy=None):
-        self.calls.append(("report", dict(losses), accuracy))
-
-    def log(self, message):
-        self.calls.append(("log", message))
 
 
 class PairDataset(torch.utils.data.Dataset):

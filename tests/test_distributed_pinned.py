@@ -17,7 +17,7 @@ from invkit.distributed import (
     TIMEOUT, DistEnv, barrier, broadcast_object, dist_env, init_distributed,
     is_main_process, local_device, shutdown_distributed,
 )
-from invkit.errors import InvkitError
+from tests.expect import invkit_error
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -56,12 +56,6 @@ def group(monkeypatch):
     return Group
 
 
-def _message(call) -> str:
-    with pytest.raises(InvkitError) as err:
-        call()
-    return str(err.value)
-
-
 def test_dist_env_reads_torchrun_variables(env):
     assert dist_env() == DistEnv(0, 1, 0)
     env(RANK="2", WORLD_SIZE="4", LOCAL_RANK="1")
@@ -90,7 +84,7 @@ def test_dist_env_properties():
 @pytest.mark.parametrize("requested", ["gpu", "cuda:x", "cpu:0", "auto:1", "mps:0", "CPU",
                                        "cuda:", "xcpu", "cpu0"])
 def test_malformed_devices_name_the_valid_forms(requested):
-    assert _message(lambda: local_device(requested)) == (
+    assert invkit_error(lambda: local_device(requested)) == (
         f"device {requested!r} is not valid (valid: auto, cpu, cuda, cuda:N, mps)")
 
 
@@ -104,26 +98,26 @@ def test_cpu_and_auto_without_cuda(monkeypatch):
 def test_mps_only_where_it_exists(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     no_mps = ("device 'mps': this machine has no MPS (Apple GPU) device; use --device cpu")
-    assert _message(lambda: local_device("mps")) == no_mps
+    assert invkit_error(lambda: local_device("mps")) == no_mps
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert local_device("mps") == "mps"
     monkeypatch.setattr(torch.backends, "mps", None)
-    assert _message(lambda: local_device("mps")) == no_mps
+    assert invkit_error(lambda: local_device("mps")) == no_mps
 
 
 def test_cuda_without_cuda_names_the_build(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
-    assert _message(lambda: local_device("cuda:0")) == (
+    assert invkit_error(lambda: local_device("cuda:0")) == (
         f"device 'cuda:0': CUDA is not available on this machine (torch {torch.__version__}, "
         "built for CUDA none); use --device cpu")
     monkeypatch.setattr(torch.version, "cuda", "12.1")
-    assert _message(lambda: local_device("cuda")) == (
+    assert invkit_error(lambda: local_device("cuda")) == (
         f"device 'cuda': CUDA is not available on this machine (torch {torch.__version__}, "
         "built for CUDA 12.1); use --device cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert "CUDA is not available" in _message(lambda: local_device("cuda"))
+    assert "CUDA is not available" in invkit_error(lambda: local_device("cuda"))
 
 
 @pytest.fixture
@@ -146,7 +140,7 @@ def test_cuda_devices_outside_torchrun(env, cuda):
     assert local_device("cuda:1") == "cuda:1"
     assert cuda.selected == [1, 1, 0, 1]
     assert all(type(i) is int for i in cuda.selected)
-    assert _message(lambda: local_device("cuda:2")) == (
+    assert invkit_error(lambda: local_device("cuda:2")) == (
         "device 'cuda:2': this machine has 2 CUDA device(s), cuda:0 to cuda:1")
     assert cuda.selected == [1, 1, 0, 1]
 
@@ -158,7 +152,7 @@ def test_cuda_devices_under_torchrun_follow_the_local_rank(env, cuda):
     assert local_device(None) == "cuda:1"
     assert local_device("cuda:0") == "cuda:0"  # an explicit index is kept as given
     env(LOCAL_RANK="2")
-    assert _message(lambda: local_device("cuda")) == (
+    assert invkit_error(lambda: local_device("cuda")) == (
         "local rank 2 has no CUDA device: this machine has 2 (start at most 2 processes per "
         "node)")
     assert cuda.selected == [0, 1, 0]

@@ -17,13 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from invkit.distill import DistillConfig
-from invkit.errors import InvkitError
 from invkit.extend import (
     REPORT_FILE, WEIGHTS_FILE, ExtendConfig, ExtendResult, NewClasses, _Cycle, _param_groups,
     align_new_rows, class_names_of, combined_names, extend, load_extend_test, load_new_classes,
     load_replay, old_share_kd, save_extended, split_accuracy, widen,
 )
 from invkit.output import save_png
+from tests.expect import invkit_error
+from tests.progress_fakes import FakeProgress
 from tests.tiny_classifier import SIZE, TinyPlugin, tiny_teacher
 
 OLD = tuple("abcdefghij")
@@ -49,31 +50,6 @@ def write_shard(root: Path, targets: list[int], size: int = SIZE) -> Path:
     save_file({"images": images, "targets": torch.tensor(targets)},
               str(root / "shard_00000.safetensors"))
     return root
-
-
-def raises(fn, *args, **kwargs) -> str:
-    with pytest.raises(InvkitError) as err:
-        fn(*args, **kwargs)
-    return str(err.value)
-
-
-class FakeProgress:
-    """Records every call the trainer makes on its progress display."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def start_task(self, description, total):
-        self.calls.append(("start_task", description, total))
-
-    def advance(self, n=1):
-        self.calls.append(("advance", n))
-
-    def report(self, losses, accuracy=None):
-        self.calls.append(("report", dict(losses), accuracy))
-
-    def log(self, message):
-        self.calls.append(("log", message))
 
 
 def _new(n: int = 10, seed: int = 1) -> NewClasses:
@@ -110,7 +86,7 @@ def _training(**kwargs) -> DistillConfig:
     ({"replay_batch_size": 0}, "replay_batch_size=0 must be at least 1"),
 ])
 def test_config_errors_are_exact(kwargs, message):
-    assert raises(ExtendConfig, **kwargs) == message
+    assert invkit_error(ExtendConfig, **kwargs) == message
 
 
 def test_config_boundaries_and_defaults():
@@ -171,51 +147,51 @@ def test_load_new_classes_targets_names_and_source(tmp_path):
 def test_load_new_classes_errors_are_exact(tmp_path):
     teacher = named()
     shards = write_shard(tmp_path / "shards", [0, 1])
-    assert raises(load_new_classes, shards, teacher) == (
+    assert invkit_error(load_new_classes, shards, teacher) == (
         f"new data {str(shards)!r} holds shards; it must be an ImageFolder (one folder per "
         "new class, named by class)")
     only_text = write_folder(tmp_path / "t", {"k": 1, "l": 0})
     (only_text / "l" / "a.txt").write_text("x")
     (only_text / "l" / "b.png").mkdir()  # a directory named like an image is no image
-    assert raises(load_new_classes, only_text, teacher) == (
+    assert invkit_error(load_new_classes, only_text, teacher) == (
         f"class folder {str(only_text / 'l')!r} of the new data holds no images")
     known = write_folder(tmp_path / "known", {"C-": 1, "k": 1})
-    assert raises(load_new_classes, known, teacher) == (
+    assert invkit_error(load_new_classes, known, teacher) == (
         f"new class 'C-' ({str(known / 'C-')!r}) is already one of teacher 'tiny-kd''s "
         "classes ('c'); the new data must hold only classes the teacher does not know")
     twice = write_folder(tmp_path / "twice", {"K_1": 1, "k1": 1})
-    assert raises(load_new_classes, twice, teacher) == (
+    assert invkit_error(load_new_classes, twice, teacher) == (
         f"new data {str(twice)!r} names a class twice: K_1, k1")
     wide = write_folder(tmp_path / "wide", {"k": 1}, size=(SIZE, 6))
-    assert raises(load_new_classes, wide, teacher) == (
+    assert invkit_error(load_new_classes, wide, teacher) == (
         f"new data {str(wide)!r} holds 6x8 images but teacher 'tiny-kd' takes 8x8: "
         "resize them first")
 
 
 def test_load_replay_checks_classes_names_and_sizes(tmp_path):
     teacher = named()
-    good = write_folder(tmp_path / "good" / "images", {"000_a": 2, "003": 1, "009_J": 1})
+    write_folder(tmp_path / "good" / "images", {"000_a": 2, "003": 1, "009_J": 1})
     shard = write_shard(tmp_path / "shard", [9, 0])
     images = load_replay([tmp_path / "good", shard], teacher)
     assert images.shape == (6, 3, SIZE, SIZE) and images.dtype == torch.uint8
     # An ImageFolder after a shard directory is checked too.
     beyond = write_folder(tmp_path / "beyond", {"010_x": 1})
-    assert raises(load_replay, [shard, beyond], teacher) == (
+    assert invkit_error(load_replay, [shard, beyond], teacher) == (
         f"replay data {str(beyond)!r} has class 10 ('010_x') but teacher 'tiny-kd' has 10 "
         "classes: replay images must be generated from the teacher being extended")
     other = write_folder(tmp_path / "other", {"002_zebra": 1})
-    assert raises(load_replay, [str(shard), str(other)], teacher) == (
+    assert invkit_error(load_replay, [str(shard), str(other)], teacher) == (
         f"replay class folder '002_zebra' in {str(other)!r} is not teacher 'tiny-kd''s "
         "class 2 ('c'): replay images must be generated from the teacher being extended")
     bad_shard = write_shard(tmp_path / "bad", [3, 10])
-    assert raises(load_replay, [bad_shard], teacher) == (
+    assert invkit_error(load_replay, [bad_shard], teacher) == (
         "replay data holds class 10 but teacher 'tiny-kd' has 10 classes: replay images "
         "must be generated from the teacher being extended")
-    assert raises(load_replay, [write_shard(tmp_path / "neg", [-1, 2])], teacher).startswith(
+    assert invkit_error(load_replay, [write_shard(tmp_path / "neg", [-1, 2])], teacher).startswith(
         "replay data holds class -1 but")
     big = write_shard(tmp_path / "big", [1], size=16)
     big2 = write_shard(tmp_path / "big2", [2], size=16)
-    assert raises(load_replay, [big, str(big2)], teacher) == (
+    assert invkit_error(load_replay, [big, str(big2)], teacher) == (
         f"replay data {big}, {big2} holds 16x16 images but teacher 'tiny-kd' takes 8x8: "
         "resize them first")
 
@@ -230,18 +206,18 @@ def test_load_extend_test_maps_names_and_indices(tmp_path):
     assert load_extend_test(plain, names)[1].tolist() == [0, 10]
     shard = write_shard(tmp_path / "shard", [11, 0, 3])
     assert load_extend_test(shard, names)[1].tolist() == [11, 0, 3]
-    assert raises(load_extend_test, write_shard(tmp_path / "s12", [12]), names) == (
+    assert invkit_error(load_extend_test, write_shard(tmp_path / "s12", [12]), names) == (
         f"test data {str(tmp_path / 's12')!r} holds class 12, outside the extended "
         "network's 12 classes")
     unknown = write_folder(tmp_path / "unknown", {"000_zz": 1})
-    assert raises(load_extend_test, unknown, names) == (
+    assert invkit_error(load_extend_test, unknown, names) == (
         f"test class 'zz' in {str(unknown)!r} is neither one of the teacher's classes nor a "
         "new class (a, b, c, d, e, f, g, h, i, j, k, l)")
-    assert raises(load_extend_test, unknown, names + ("m",)) == (
+    assert invkit_error(load_extend_test, unknown, names + ("m",)) == (
         f"test class 'zz' in {str(unknown)!r} is neither one of the teacher's classes nor a "
         "new class (a, b, c, d, e, f, g, h, i, j, k, l, ...)")
     index12 = write_folder(tmp_path / "i12", {"012": 1})
-    assert raises(load_extend_test, index12, names) == (
+    assert invkit_error(load_extend_test, index12, names) == (
         f"test class '012' in {str(index12)!r} is neither one of the teacher's classes nor "
         "a new class (a, b, c, d, e, f, g, h, i, j, k, l)")
 
@@ -319,7 +295,8 @@ def test_align_new_rows_boundaries_and_zero_rows():
     net = widen(named(), ("k", "l"))
     head = net.module[-1]
     for old in (0, 12, -1, 13):
-        assert raises(align_new_rows, net, old) == f"cannot align the head: {old} old classes of 12"
+        assert invkit_error(align_new_rows, net, old) == (
+            f"cannot align the head: {old} old classes of 12")
     with torch.no_grad():
         head.weight[:11] = 0.0
         head.weight[:11, 0] = 2.0   # old rows 0..10 (old = 11): norm 2
@@ -518,11 +495,11 @@ def test_extend_errors_and_modes():
     teacher = named()
     empty = NewClasses(torch.zeros(0, 3, SIZE, SIZE, dtype=torch.uint8),
                        torch.zeros(0, dtype=torch.int64), ("k",))
-    assert raises(extend, teacher, empty) == "no new-class images to train on"
+    assert invkit_error(extend, teacher, empty) == "no new-class images to train on"
     flat = NewClasses(torch.zeros(3, SIZE, SIZE, dtype=torch.uint8),
                       torch.zeros(3, dtype=torch.int64), ("k",))
-    assert raises(extend, teacher, flat) == "no new-class images to train on"
-    assert raises(extend, teacher, _new(), _replay(), config=ExtendConfig(
+    assert invkit_error(extend, teacher, flat) == "no new-class images to train on"
+    assert invkit_error(extend, teacher, _new(), _replay(), config=ExtendConfig(
         training=_training(), distill=False)) == (
         "plain fine-tuning (no distillation) uses no replay images: drop them (--replay none) "
         "or keep distillation on")

@@ -32,6 +32,7 @@ from invkit_plugins.generative.network import (
 )
 from invkit_plugins.generative.options import DEFAULTS, FastConfig, FastOptions, configure
 from tests.di_tiny import tiny_teacher
+from tests.expect import invkit_error
 
 SPEC = GeneratorSpec(z_dim=4, width=8, size=16, channels=3, num_classes=4)
 
@@ -124,37 +125,31 @@ def test_file_sha256_reads_in_chunks(tmp_path):
     assert file_sha256(str(path)) == hashlib.sha256(data).hexdigest()
 
 
-def _read_error(path) -> str:
-    with pytest.raises(InvkitError) as err:
-        read_spec(path)
-    return str(err.value)
-
-
 def test_read_spec_refusals_exact(tmp_path):
     from safetensors.torch import save_file
 
     missing = tmp_path / "nope.safetensors"
-    assert _read_error(missing) == f"--generator {missing}: no such file"
+    assert invkit_error(read_spec, missing) == f"--generator {missing}: no such file"
     (tmp_path / "d").mkdir()
-    assert _read_error(tmp_path / "d") == f"--generator {tmp_path / 'd'}: no such file"
+    assert invkit_error(read_spec, tmp_path / "d") == f"--generator {tmp_path / 'd'}: no such file"
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 4)
-    assert _read_error(junk).startswith(f"--generator {junk}: not a safetensors file (")
+    assert invkit_error(read_spec, junk).startswith(f"--generator {junk}: not a safetensors file (")
     other = tmp_path / "other.safetensors"
     save_file({"x": torch.zeros(1)}, str(other), metadata={"format": "pt"})
-    assert _read_error(other) == (
+    assert invkit_error(read_spec, other) == (
         f"--generator {other}: not an invkit generator (metadata format 'pt', expected "
         f"'invkit-generator/1')")
     bare = tmp_path / "bare.safetensors"
     save_file({"x": torch.zeros(1)}, str(bare))
-    assert _read_error(bare) == (
+    assert invkit_error(read_spec, bare) == (
         f"--generator {bare}: not an invkit generator (metadata format None, expected "
         f"'invkit-generator/1')")
     for spec, why in (("{}", "TypeError"), ("[", "ValueError"), (None, "'spec'")):
         bad = tmp_path / "bad.safetensors"
         meta = {"format": FORMAT} | ({"spec": spec} if spec is not None else {})
         save_file({"x": torch.zeros(1)}, str(bad), metadata=meta)
-        message = _read_error(bad)
+        message = invkit_error(read_spec, bad)
         assert message.startswith(f"--generator {bad}: bad generator metadata (")
         if why == "'spec'":
             assert message == f"--generator {bad}: bad generator metadata ('spec')"

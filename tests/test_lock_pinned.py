@@ -17,17 +17,12 @@ import pytest
 from invkit import lock as lock_module
 from invkit.errors import InvkitError
 from invkit.lock import LOCK_NAME, OutputLock, _read_holder
-
-
-def _message(call) -> str:
-    with pytest.raises(InvkitError) as err:
-        call()
-    return str(err.value)
+from tests.expect import invkit_error
 
 
 def test_an_empty_path_is_refused():
     for path in ("", "   "):
-        assert _message(lambda: OutputLock(path)) == "the output path is empty: pass --output DIR"
+        assert invkit_error(OutputLock, path) == "the output path is empty: pass --output DIR"
 
 
 def test_the_command_defaults_to_the_program_name_and_its_arguments(monkeypatch, tmp_path):
@@ -75,7 +70,7 @@ def test_the_holder_record_and_the_release(tmp_path):
 def test_a_second_taker_is_refused_naming_the_holder(tmp_path):
     first = OutputLock(tmp_path, command="invkit  run\n deepinversion").acquire()
     try:
-        message = _message(OutputLock(tmp_path, command="second").acquire)
+        message = invkit_error(OutputLock(tmp_path, command="second").acquire)
         assert message == (
             f"output directory {str(tmp_path)!r} is in use by another invkit process (pid "
             f"{os.getpid()} on host {socket.gethostname()}: invkit run deepinversion); wait "
@@ -127,9 +122,9 @@ def test_a_long_record_is_read_whole(tmp_path):
 
 def test_a_path_that_is_a_file_or_under_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
-    assert _message(OutputLock(tmp_path / "f").acquire) == (
+    assert invkit_error(OutputLock(tmp_path / "f").acquire) == (
         f"output path {str(tmp_path / 'f')!r} exists and is not a directory")
-    assert _message(OutputLock(tmp_path / "f" / "sub").acquire) == (
+    assert invkit_error(OutputLock(tmp_path / "f" / "sub").acquire) == (
         f"cannot create output directory {str(tmp_path / 'f' / 'sub')!r}: Not a directory")
 
 
@@ -144,11 +139,11 @@ def test_a_filesystem_without_flock_is_refused_and_the_file_closed(monkeypatch, 
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     lock = OutputLock(tmp_path)
-    assert _message(lock.acquire) == (
+    assert invkit_error(lock.acquire) == (
         f"cannot lock output directory {str(tmp_path)!r}: No locks available")
     assert len(closed) == 1 and not lock.held
     monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError("odd")))
-    assert _message(lock.acquire) == f"cannot lock output directory {str(tmp_path)!r}: odd"
+    assert invkit_error(lock.acquire) == f"cannot lock output directory {str(tmp_path)!r}: odd"
 
 
 def test_a_busy_lock_closes_its_file(monkeypatch, tmp_path):
@@ -170,7 +165,7 @@ def test_an_unwritable_directory_is_refused(monkeypatch, tmp_path):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(os, "open", denied)
-    assert _message(OutputLock(tmp_path).acquire) == (
+    assert invkit_error(OutputLock(tmp_path).acquire) == (
         f"cannot write to output directory {str(tmp_path)!r}: Permission denied")
 
 
@@ -180,7 +175,7 @@ def test_a_lock_file_that_keeps_being_replaced_is_given_up_after_ten_tries(monke
     monkeypatch.setattr(lock_module, "_same_file",
                         lambda fd, path: tries.append(path) and False)
     lock = OutputLock(tmp_path)
-    assert _message(lock.acquire) == (f"cannot lock output directory {str(tmp_path)!r}: its "
+    assert invkit_error(lock.acquire) == (f"cannot lock output directory {str(tmp_path)!r}: its "
                                       "lock file keeps being replaced")
     assert tries == [tmp_path / ".invkit.lock"] * 10 and not lock.held
 

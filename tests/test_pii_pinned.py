@@ -24,12 +24,7 @@ from invkit_plugins.plugin_inversion.method import (
 )
 from invkit_plugins.plugin_inversion.options import PIIOptions, configure
 from tests.di_tiny import tiny_teacher
-
-
-def _error(**kw) -> str:
-    with pytest.raises(InvkitError) as err:
-        PIIConfig(**kw)
-    return str(err.value)
+from tests.expect import invkit_error
 
 
 # ------------------------------------------------------------------ PIIConfig
@@ -47,25 +42,25 @@ def test_config_defaults():
 
 
 def test_config_errors_exact_and_bounds():
-    assert _error(amp="fp64") == "amp 'fp64' is not one of: fp32, fp16, bf16"
-    assert _error(plan=()) == "the plan has no stages"
+    assert invkit_error(PIIConfig, amp="fp64") == "amp 'fp64' is not one of: fp32, fp16, bf16"
+    assert invkit_error(PIIConfig, plan=()) == "the plan has no stages"
     assert PIIConfig(iterations=3).stages() == (Stage(1, 4), Stage(1, 2), Stage(1, 1))
-    assert _error(iterations=2) == (
+    assert invkit_error(PIIConfig, iterations=2) == (
         "--iterations 2 is too few for a 3-stage plan (need at least 3)")
     assert PIIConfig(iterations=None).stages() == CENTERING_PLAN
-    assert _error(lr=0.0) == "--lr 0.0 must be a positive number"
-    assert _error(lr=float("nan")) == "--lr nan must be a positive number"
+    assert invkit_error(PIIConfig, lr=0.0) == "--lr 0.0 must be a positive number"
+    assert invkit_error(PIIConfig, lr=float("nan")) == "--lr nan must be a positive number"
     assert PIIConfig(ensemble=1).ensemble == 1
-    assert _error(ensemble=0) == "--ensemble 0 must be at least 1"
+    assert invkit_error(PIIConfig, ensemble=0) == "--ensemble 0 must be at least 1"
     assert PIIConfig(color_shift=0).color_shift == 0
     assert PIIConfig(color_shift=5).color_shift == 5
-    assert _error(color_shift=-0.5) == "--color-shift -0.5 must be between 0 and 5"
-    assert _error(color_shift=5.5) == "--color-shift 5.5 must be between 0 and 5"
+    assert invkit_error(PIIConfig, color_shift=-0.5) == "--color-shift -0.5 must be between 0 and 5"
+    assert invkit_error(PIIConfig, color_shift=5.5) == "--color-shift 5.5 must be between 0 and 5"
     assert PIIConfig(zoom=1).zoom == 1
-    assert _error(zoom=0) == "--zoom 0 must be in (0, 1] (1: no zoom)"
-    assert _error(zoom=1.5) == "--zoom 1.5 must be in (0, 1] (1: no zoom)"
+    assert invkit_error(PIIConfig, zoom=0) == "--zoom 0 must be in (0, 1] (1: no zoom)"
+    assert invkit_error(PIIConfig, zoom=1.5) == "--zoom 1.5 must be in (0, 1] (1: no zoom)"
     assert PIIConfig(save_every=1).save_every == 1
-    assert _error(save_every=0) == "--save-every 0 must be at least 1"
+    assert invkit_error(PIIConfig, save_every=0) == "--save-every 0 must be at least 1"
 
 
 def test_config_to_dict():

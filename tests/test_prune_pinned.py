@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from types import SimpleNamespace
 
@@ -24,19 +23,13 @@ from invkit.errors import InvkitError  # noqa: E402
 from invkit.prune import (  # noqa: E402
     PruneConfig, PruneResult, _bisect, _keep_counts, _macs_with, _step_line, build_graph,
     check_data, count_macs, group_scores, macs_model, output_layers, plan_schedule,
-    prunable_groups, prune, remove_channels, require_torch_pruning, save_pruned,
-    taylor_group_scores, taylor_terms,
+    prunable_groups, prune, remove_channels, require_torch_pruning, save_pruned, taylor_terms,
 )
 from invkit.specs import Teacher, TeacherMeta  # noqa: E402
+from tests.expect import invkit_error  # noqa: E402
 from tests.tiny_classifier import random_uint8, tiny_teacher  # noqa: E402
 
 X8 = torch.zeros(1, 3, 8, 8)
-
-
-def _message(call) -> str:
-    with pytest.raises(InvkitError) as err:
-        call()
-    return str(err.value)
 
 
 def _teacher(module: nn.Module, name: str = "net", size: int = 8) -> Teacher:
@@ -99,7 +92,7 @@ class _Progress:
      "importance_batch_size must be at least 1"),
 ])
 def test_each_config_refusal_is_exact(kwargs, message):
-    assert _message(lambda: PruneConfig(**kwargs)) == message
+    assert invkit_error(lambda: PruneConfig(**kwargs)) == message
 
 
 def test_the_limits_of_the_config_are_accepted():
@@ -114,7 +107,7 @@ def test_the_limits_of_the_config_are_accepted():
 def test_require_torch_pruning(monkeypatch):
     assert require_torch_pruning() is tp
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
-    assert _message(require_torch_pruning) == (
+    assert invkit_error(require_torch_pruning) == (
         "pruning needs the torch-pruning package: pip install 'invkit[prune]'")
 
 
@@ -234,12 +227,12 @@ def test_build_graph_restores_frozen_weights_and_names_tracing_failures():
     for p in teacher.module.parameters():
         p.requires_grad_(False)
     text = " ".join(long.split())[:160]
-    assert _message(lambda: build_graph(teacher)) == (
+    assert invkit_error(lambda: build_graph(teacher)) == (
         f"torch-pruning cannot trace teacher 'odd' to find its coupled channels "
         f"(ValueError: {text})")
     assert not any(p.requires_grad for p in teacher.module.parameters())
     mine = _teacher(_Raises(InvkitError("my own words")))
-    assert _message(lambda: build_graph(mine)) == "my own words"
+    assert invkit_error(lambda: build_graph(mine)) == "my own words"
 
 
 def test_prunable_groups_skip_the_classifier_and_grouped_convs():
@@ -254,7 +247,7 @@ def test_prunable_groups_skip_the_classifier_and_grouped_convs():
     assert sorted(prunable_groups(build_graph(_teacher(dw)), [dw[5]])) == ["0", "2"]
     lone = _Raises(None)
     graph = build_graph(_teacher(lone))
-    assert _message(lambda: prunable_groups(graph, [lone.fc])) == (
+    assert invkit_error(lambda: prunable_groups(graph, [lone.fc])) == (
         "the teacher has no prunable channels (no conv or linear layer besides the "
         "classifier that torch-pruning can shrink)")
 
@@ -407,7 +400,7 @@ def test_the_last_step_stops_at_the_cap():
 def test_an_unreachable_target_names_the_floor():
     teacher, original, estimate = _schedule_parts()
     floor = _macs_with(teacher, ["7"], {"0": 1, "3": 1})
-    assert _message(lambda: plan_schedule(teacher, PruneConfig(target_macs=0.01), ["7"],
+    assert invkit_error(lambda: plan_schedule(teacher, PruneConfig(target_macs=0.01), ["7"],
                                           original, 25562, estimate)) == (
         f"--target-macs 0.01 cannot be reached: removing 90% of every prunable layer's "
         f"channels still leaves {100 * floor / 25562:.1f}% of the MACs (the classifier and "
@@ -577,15 +570,15 @@ def test_check_data_refusals_are_exact():
     check_data(teacher, ok, torch.tensor([0, 9]))  # the last class is a class
     check_data(teacher, ok, torch.tensor([], dtype=torch.long))
     check_data(teacher, ok, None)
-    assert _message(lambda: check_data(teacher, ok[0], None)) == "--data holds no images"
-    assert _message(lambda: check_data(teacher, ok[:0], None, what="--test-data")) == (
+    assert invkit_error(lambda: check_data(teacher, ok[0], None)) == "--data holds no images"
+    assert invkit_error(lambda: check_data(teacher, ok[:0], None, what="--test-data")) == (
         "--test-data holds no images")
-    assert _message(lambda: check_data(teacher, torch.zeros(1, 3, 6, 7), None)) == (
+    assert invkit_error(lambda: check_data(teacher, torch.zeros(1, 3, 6, 7), None)) == (
         "--data images are 7x6 but teacher 'tiny-kd' takes 8x8: generate them with this "
         "teacher")
-    assert _message(lambda: check_data(teacher, torch.zeros(1, 3, 8, 7), None, "x")) == (
+    assert invkit_error(lambda: check_data(teacher, torch.zeros(1, 3, 8, 7), None, "x")) == (
         "x images are 7x8 but teacher 'tiny-kd' takes 8x8: generate them with this teacher")
-    assert _message(lambda: check_data(teacher, ok, torch.tensor([3, 10, 2]))) == (
+    assert invkit_error(lambda: check_data(teacher, ok, torch.tensor([3, 10, 2]))) == (
         "--data has class index 10 but teacher 'tiny-kd' has 10 classes: were the images "
         "generated from another teacher?")
 

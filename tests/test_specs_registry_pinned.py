@@ -25,14 +25,9 @@ from invkit.specs import (
     KINDS, MethodSpec, Option, Preset, PriorFlag, PriorSpec, ScheduleSpec, Stage, Teacher,
     TeacherMeta, TeacherSpec, VerifierSpec, parse_options,
 )
+from tests.expect import invkit_error
 
 # --------------------------------------------------------------------------- specs
-
-
-def refusal(option: Option, value) -> str:
-    with pytest.raises(InvkitError) as err:
-        option.parse(value)
-    return str(err.value)
 
 
 def test_option_parse_values():
@@ -52,16 +47,19 @@ def test_option_parse_values():
 
 def test_option_parse_refusals():
     """The full message of each refusal: type, choices, non-finite floats."""
-    assert refusal(Option("n", int, 1), "x") == "option n='x' is not a valid int"
-    assert refusal(Option("n", int, 1), None) == "option n=None is not a valid int"
-    assert refusal(Option("n", int, 1), float("inf")) == "option n=inf is not a valid int"
-    assert refusal(Option("b", bool, 1), "maybe") == "option b='maybe' is not a valid bool"
-    assert refusal(Option("f", float, 1.0), "nan") == "option f=nan is not a finite number"
-    assert refusal(Option("k", int, 1, choices=(1, 5)), "7") == (
+    assert invkit_error(Option("n", int, 1).parse, "x") == "option n='x' is not a valid int"
+    assert invkit_error(Option("n", int, 1).parse, None) == "option n=None is not a valid int"
+    assert invkit_error(Option("n", int, 1).parse, float("inf")) == (
+        "option n=inf is not a valid int")
+    assert invkit_error(Option("b", bool, 1).parse, "maybe") == (
+        "option b='maybe' is not a valid bool")
+    assert invkit_error(Option("f", float, 1.0).parse, "nan") == (
+        "option f=nan is not a finite number")
+    assert invkit_error(Option("k", int, 1, choices=(1, 5)).parse, "7") == (
         "option k='7' must be one of: 1, 5")
-    assert refusal(Option("m", str, "a", choices=("a", "b")), "c") == (
+    assert invkit_error(Option("m", str, "a", choices=("a", "b")).parse, "c") == (
         "option m='c' must be one of: a, b")
-    assert refusal(Option("f", float, 1.0, choices=(0.5,)), 2) == (
+    assert invkit_error(Option("f", float, 1.0, choices=(0.5,)).parse, 2) == (
         "option f=2 must be one of: 0.5")
 
 

@@ -11,19 +11,14 @@ from torch import nn
 
 import invkit.teachers as T
 from invkit import hookimpl
-from invkit.errors import InvkitError, unknown
+from invkit.errors import unknown
 from invkit.specs import Teacher, TeacherMeta, TeacherSpec
 from invkit.teachers import checkpoint, digits
+from tests.expect import invkit_error
 
 NO_TEACHER = ("no teacher given: pass --teacher SPEC or --arch NAME (see 'invkit teachers "
               "list')")
 NEEDS_FILE = "checkpoint: needs a file, e.g. --teacher checkpoint:model.pth"
-
-
-def raises(fn, *args, **kwargs) -> str:
-    with pytest.raises(InvkitError) as info:
-        fn(*args, **kwargs)
-    return str(info.value)
 
 
 CALLS: list[dict] = []
@@ -74,20 +69,20 @@ def plugin(register_plugin):
 
 
 def test_missing_spec_and_checkpoint_argument_errors():
-    assert raises(T.load_teacher, None) == NO_TEACHER
-    assert raises(T.load_teacher, "") == NO_TEACHER
-    assert raises(T.find_teacher, None) == NO_TEACHER
-    assert raises(T.preview_teacher, None, None) == NO_TEACHER
-    assert raises(T.load_teacher, "checkpoint:") == NEEDS_FILE
-    assert raises(T.preview_teacher, "checkpoint:") == NEEDS_FILE
-    assert raises(T.preview_teacher, "checkpoint:.") == NEEDS_FILE
-    assert raises(T.load_teacher, "checkpoint:f.pth", weights="w.pth") == (
+    assert invkit_error(T.load_teacher, None) == NO_TEACHER
+    assert invkit_error(T.load_teacher, "") == NO_TEACHER
+    assert invkit_error(T.find_teacher, None) == NO_TEACHER
+    assert invkit_error(T.preview_teacher, None, None) == NO_TEACHER
+    assert invkit_error(T.load_teacher, "checkpoint:") == NEEDS_FILE
+    assert invkit_error(T.preview_teacher, "checkpoint:") == NEEDS_FILE
+    assert invkit_error(T.preview_teacher, "checkpoint:.") == NEEDS_FILE
+    assert invkit_error(T.load_teacher, "checkpoint:f.pth", weights="w.pth") == (
         "--weights w.pth cannot be combined with --teacher checkpoint:f.pth (the checkpoint "
         "is the weights)")
-    assert raises(T.load_teacher, "checkpoint:f.pth", input_size=16) == (
+    assert invkit_error(T.load_teacher, "checkpoint:f.pth", input_size=16) == (
         "input size cannot be changed for --teacher checkpoint:PATH (the file holds the "
         "network for its own size)")
-    assert raises(T.load_teacher, "digits", arch="digits-vit") == (
+    assert invkit_error(T.load_teacher, "digits", arch="digits-vit") == (
         "--arch digits-vit only applies to --teacher checkpoint:PATH; to use digits-vit, pass "
         "it alone (or --teacher digits-vit)")
 
@@ -111,7 +106,7 @@ def test_device_errors_are_one_line():
     except RuntimeError as error:
         torch_text = " ".join(str(error).split())
     assert len(torch_text) > 161
-    assert raises(T.load_teacher, "digits", weights="none", device="nope") == (
+    assert invkit_error(T.load_teacher, "digits", weights="none", device="nope") == (
         f"cannot put teacher 'digits' on device 'nope': {torch_text[:160]}")
 
 
@@ -135,7 +130,7 @@ def test_unknown_torchvision_name_lists_torchvision_names():
 
     names = torchvision.models.list_models(module=torchvision.models)
     expected = unknown("teacher", "torchvision:resnet5O", [f"torchvision:{n}" for n in names])
-    assert raises(T.find_teacher, "torchvision:resnet5O") == str(expected)
+    assert invkit_error(T.find_teacher, "torchvision:resnet5O") == str(expected)
     assert str(expected).startswith("unknown teacher 'torchvision:resnet5O'; did you mean: "
                                     "torchvision:resnet50")
 
@@ -191,14 +186,14 @@ def test_preview_checkpoint_without_metadata_needs_arch(tmp_path):
     torch.save(T.load_teacher("digits").module.state_dict(), path)
     message = (f"{path} does not say which network it holds: pass --arch NAME (e.g. --arch "
                "resnet50; see 'invkit teachers list')")
-    assert raises(T.preview_teacher, f"checkpoint:{path}") == message
-    assert raises(T.load_teacher, f"checkpoint:{path}") == message
+    assert invkit_error(T.preview_teacher, f"checkpoint:{path}") == message
+    assert invkit_error(T.load_teacher, f"checkpoint:{path}") == message
     assert T.preview_teacher(f"checkpoint:{path}", arch="digits").weights == "none"
 
 
 def test_preview_reports_implausible_metadata_with_the_path(tmp_path):
     path = _save(tmp_path, input_size=9000)
-    assert raises(T.preview_teacher, f"checkpoint:{path}") == (
+    assert invkit_error(T.preview_teacher, f"checkpoint:{path}") == (
         f"{path} has implausible metadata: input_size 9000 (allowed 1..8192) (the file is "
         "damaged, or was not written by invkit)")
 
@@ -242,11 +237,11 @@ def test_factory_arguments(plugin):
 
 
 def test_factory_errors(plugin):
-    assert raises(T.load_teacher, "t-plain", input_size=16) == (
+    assert invkit_error(T.load_teacher, "t-plain", input_size=16) == (
         "teacher 't-plain' cannot be built for another input size (it takes 8 px)")
-    assert raises(T.load_teacher, "t-int") == (
+    assert invkit_error(T.load_teacher, "t-int") == (
         "teacher 't-int' (from plugin 'pinned-plugin') returned a int, not an invkit Teacher")
-    assert raises(T.load_teacher, "t-file") == (
+    assert invkit_error(T.load_teacher, "t-file") == (
         "t-file weights not found at nowhere/w.pth: put the file there "
         f"({(T.Path('nowhere/w.pth')).absolute()}), or pass --weights FILE (--weights none for "
         "random init)")
@@ -254,7 +249,7 @@ def test_factory_errors(plugin):
 
 def test_resnet50v15_missing_default_has_its_hint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert raises(T.load_teacher, "resnet50v15") == (
+    assert invkit_error(T.load_teacher, "resnet50v15") == (
         "resnet50v15 weights not found at ./models/resnet50v15/model_best.pth.tar: download "
         "NVIDIA's ResNet-50 v1.5 checkpoint (DeepLearningExamples, resnet50_pyt_amp on NGC) "
         f"and put it there ({tmp_path}/models/resnet50v15/model_best.pth.tar), or pass "
@@ -310,7 +305,7 @@ def test_checkpoint_naming_an_unknown_arch(tmp_path):
     path = tmp_path / "alien.safetensors"
     save_file({"a": torch.ones(1)}, str(path), metadata={"format": "invkit.teacher/1",
                                                           "arch": "alien-net"})
-    assert raises(T.load_teacher, f"checkpoint:{path}") == (
+    assert invkit_error(T.load_teacher, f"checkpoint:{path}") == (
         f"{path} holds a 'alien-net' network, which no installed plugin provides: install that "
         "plugin, or pass --arch NAME")
 
@@ -321,7 +316,7 @@ def test_checkpoint_naming_a_torchvision_arch_is_accepted(tmp_path):
     path = tmp_path / "tv.safetensors"
     save_file({"a": torch.ones(1)}, str(path), metadata={"format": "invkit.teacher/1",
                                                           "arch": "torchvision:nope"})
-    assert raises(T.load_teacher, f"checkpoint:{path}").startswith(
+    assert invkit_error(T.load_teacher, f"checkpoint:{path}").startswith(
         "unknown teacher 'torchvision:nope'")
 
 
@@ -359,7 +354,7 @@ def test_head_that_cannot_be_resized(tmp_path, plugin):
     meta = TeacherMeta(arch="t-conv", input_size=8, num_classes=6)
     save_file({"weight": torch.ones(4, 3, 1, 1), "bias": torch.ones(4)}, str(path),
               metadata=checkpoint.teacher_metadata(meta))
-    assert raises(T.load_teacher, f"checkpoint:{path}") == (
+    assert invkit_error(T.load_teacher, f"checkpoint:{path}") == (
         f"{path} holds 6 classes but 't-conv' builds 4, and its head cannot be resized: "
         "cannot find the classification head of this Conv2d: it has no nn.Linear layer (only "
         "a network ending in a linear classifier can be extended)")
@@ -372,7 +367,7 @@ def test_bad_class_count_in_metadata_is_reported_once(tmp_path):
     data = checkpoint.teacher_metadata(T.load_teacher("digits").meta)
     data["num_classes"] = "ten"
     save_file(T.load_teacher("digits").module.state_dict(), str(path), metadata=data)
-    assert raises(T.load_teacher, "digits", weights=str(path)) == (
+    assert invkit_error(T.load_teacher, "digits", weights=str(path)) == (
         f"{path} has incomplete invkit metadata (invalid literal for int() with base 10: "
         "'ten'); pass --arch NAME to load it into a known network")
 
@@ -406,14 +401,14 @@ def test_check_fits_messages():
     tail = (" (choose a verifier with the teacher's classes and input size via "
             "--verifier-arch; see 'invkit teachers list')")
     T.check_fits(meta(32, 10), "t", meta(32, 10), "v")
-    assert raises(T.check_fits, meta(32, 10), "t", meta(64, 12), "v") == (
+    assert invkit_error(T.check_fits, meta(32, 10), "t", meta(64, 12), "v") == (
         "verifier 'v' does not fit teacher 't': it has 12 classes, the teacher 10" + tail)
-    assert raises(T.check_fits, meta(32, 10), "t", meta(64, 10), "v") == (
+    assert invkit_error(T.check_fits, meta(32, 10), "t", meta(64, 10), "v") == (
         "verifier 'v' does not fit teacher 't': its input size is 64 px, the teacher's 32 px"
         + tail)
     a = Teacher(module=nn.Identity(), meta=meta(32, 10), name="a")
     b = Teacher(module=nn.Identity(), meta=meta(32, 3), name="b")
-    assert raises(T.check_verifier, a, b) == (
+    assert invkit_error(T.check_verifier, a, b) == (
         "verifier 'b' does not fit teacher 'a': it has 3 classes, the teacher 10" + tail)
 
 

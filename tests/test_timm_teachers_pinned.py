@@ -12,14 +12,9 @@ import torch
 
 from invkit.errors import InvkitError, unknown
 from invkit.teachers import timm_models as tm
+from tests.expect import invkit_error
 
 pytest.importorskip("timm", reason="timm is the optional 'timm' extra")
-
-
-def raises(fn, *args, **kwargs) -> str:
-    with pytest.raises(InvkitError) as info:
-        fn(*args, **kwargs)
-    return str(info.value)
 
 
 @pytest.fixture
@@ -63,7 +58,8 @@ def test_constants_and_availability():
 
 def test_without_timm(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
-    assert raises(tm._timm) == "timm teachers need the timm package: pip install 'invkit[timm]'"
+    assert invkit_error(tm._timm) == (
+        "timm teachers need the timm package: pip install 'invkit[timm]'")
 
 
 @pytest.mark.parametrize("value,expected", [(None, False), ("", False), ("0", False),
@@ -85,17 +81,17 @@ def test_model_names_are_the_classifiers():
 
 def test_config_errors_in_full():
     expected = unknown("teacher", "timm:test_vi", [f"timm:{n}" for n in tm.model_names()])
-    assert raises(tm._config, "test_vi") == str(expected)
+    assert invkit_error(tm._config, "test_vi") == str(expected)
     assert str(expected).startswith("unknown teacher 'timm:test_vi'; did you mean: timm:test_vit")
-    assert raises(tm._config, "test_vit.nope") == (
+    assert invkit_error(tm._config, "test_vit.nope") == (
         "timm has no pretrained tag 'nope' for test_vit (valid: r160_in1k)")
-    assert raises(tm._config, "vit_tiny_patch16_224.nope") == (
+    assert invkit_error(tm._config, "vit_tiny_patch16_224.nope") == (
         "timm has no pretrained tag 'nope' for vit_tiny_patch16_224 (valid: augreg_in21k, "
         "augreg_in21k_ft_in1k)")
-    assert raises(tm._config, "eva02_tiny_patch14_224") == (
+    assert invkit_error(tm._config, "eva02_tiny_patch14_224") == (
         "timm:eva02_tiny_patch14_224 has no classifier head in timm's pretrained config (0 "
         "classes): timm has no classifier weights for it")
-    assert raises(tm._config, "vit_so400m_patch14_siglip_378") == (
+    assert invkit_error(tm._config, "vit_so400m_patch14_siglip_378") == (
         "timm:vit_so400m_patch14_siglip_378 has no classifier head in timm's pretrained config "
         "(0 classes): name a classifier tag, e.g. "
         "timm:vit_so400m_patch14_siglip_378.webli_ft_in1k (classifier tags: webli_ft_in1k)")
@@ -105,8 +101,8 @@ def test_config_errors_in_full():
 
 def test_config_with_no_tags_says_none(monkeypatch):
     monkeypatch.setattr(tm, "_tags", lambda arch: [])
-    assert raises(tm._config, "test_vit.x") == "timm has no pretrained tag 'x' for test_vit " \
-                                               "(valid: none)"
+    assert invkit_error(tm._config, "test_vit.x") == (
+        "timm has no pretrained tag 'x' for test_vit (valid: none)")
 
 
 def test_describe_in_full():
@@ -195,13 +191,14 @@ def test_create_falls_back_without_img_size():
 
 
 def test_pretrained_file_messages(hf):
-    assert raises(tm._pretrained_file, "x", {"hf_hub_id": None, "url": None, "tag": None}) == (
+    untrained = {"hf_hub_id": None, "url": None, "tag": None}
+    assert invkit_error(tm._pretrained_file, "x", untrained) == (
         "timm has no pretrained weights for x (its config is 'untrained'): pass --weights FILE, "
         "or --weights none for random init")
-    assert raises(tm._pretrained_file, "x", {"hf_hub_id": "", "url": None, "tag": "t1"}) == (
+    assert invkit_error(tm._pretrained_file, "x", {"hf_hub_id": "", "url": None, "tag": "t1"}) == (
         "timm has no pretrained weights for x (its config is 't1'): pass --weights FILE, or "
         "--weights none for random init")
-    assert raises(tm._pretrained_file, "y", {"hf_hub_id": None, "url": "http://u/w.pth",
+    assert invkit_error(tm._pretrained_file, "y", {"hf_hub_id": None, "url": "http://u/w.pth",
                                               "tag": "t"}) == (
         "timm:y's pretrained weights are not on the Hugging Face hub (timm fetches them from "
         "http://u/w.pth): download that file and pass --weights FILE (or --weights none for "
@@ -224,7 +221,7 @@ def test_pretrained_file_lookup_order_and_revision(hf):
 
 def test_pretrained_file_offline_and_download(hf, monkeypatch):
     info = {"hf_hub_id": "org/repo", "url": None, "tag": "t", "hf_hub_filename": "w.bin"}
-    assert raises(tm._pretrained_file, "n", info) == _missing(
+    assert invkit_error(tm._pretrained_file, "n", info) == _missing(
         "n", "org/repo", "w.bin", "INVKIT_OFFLINE is set", hf["cache"])
     assert hf["lookups"] == [("org/repo", "w.bin", None)] and hf["downloads"] == []
     monkeypatch.delenv("INVKIT_OFFLINE")
@@ -232,7 +229,7 @@ def test_pretrained_file_offline_and_download(hf, monkeypatch):
     assert tm._pretrained_file("n", dict(info, hf_hub_id="org/repo@r")) == Path("/got/w.bin")
     assert hf["downloads"] == [("org/repo", "w.bin", "r")]
     hf["download"] = TimeoutError("slow")
-    assert raises(tm._pretrained_file, "n", dict(info, hf_hub_filename=None)) == _missing(
+    assert invkit_error(tm._pretrained_file, "n", dict(info, hf_hub_filename=None)) == _missing(
         "n", "org/repo", "model.safetensors", "could not be downloaded (TimeoutError)",
         hf["cache"])
     assert hf["downloads"][-1] == ("org/repo", "model.safetensors", None)
@@ -253,14 +250,14 @@ def test_build_with_cached_weights_and_tags(hf, tmp_path):
     assert hf["lookups"][-1] == ("timm/test_vit.r160_in1k", "model.safetensors", None)
     tagged = tm.build("test_vit.r160_in1k")
     assert tagged.name == "timm:test_vit.r160_in1k" and tagged.meta.arch == "timm:test_vit"
-    assert raises(tm.build, "test_vit", weights="other") == (
+    assert invkit_error(tm.build, "test_vit", weights="other") == (
         "timm has no pretrained tag 'other' for test_vit (valid: r160_in1k)")
     save_file({"head.weight": torch.zeros(1)}, str(path))
-    assert raises(tm.build, "test_vit").startswith(
+    assert invkit_error(tm.build, "test_vit").startswith(
         f"weights {path} do not fit timm:test_vit: ")
 
 
 def test_build_missing_default_weights(hf):
-    assert raises(tm.build, "test_vit") == _missing(
+    assert invkit_error(tm.build, "test_vit") == _missing(
         "test_vit", "timm/test_vit.r160_in1k", "model.safetensors", "INVKIT_OFFLINE is set",
         hf["cache"])

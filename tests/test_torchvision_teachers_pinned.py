@@ -13,20 +13,14 @@ import torch
 import torchvision
 from torch import nn
 
-from invkit.errors import InvkitError
 from invkit.specs import TeacherMeta
 from invkit.teachers import cifar, resnet50v15
 from invkit.teachers import torchvision_models as tv
+from tests.expect import invkit_error
 
 SQUEEZE_FILE = "squeezenet1_1-b8a52dc0.pth"
 SQUEEZE_URL = f"https://download.pytorch.org/models/{SQUEEZE_FILE}"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def raises(fn, *args, **kwargs) -> str:
-    with pytest.raises(InvkitError) as info:
-        fn(*args, **kwargs)
-    return str(info.value)
 
 
 @pytest.fixture
@@ -95,7 +89,7 @@ def test_weights_names_and_resolution():
     assert tv.resolve_weights("resnet50", "default") is \
         torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     for bad in ("ResNet18_Weights.IMAGENET1K_V1", "Nope.X", "V9"):
-        assert raises(tv.resolve_weights, "squeezenet1_1", bad) == (
+        assert invkit_error(tv.resolve_weights, "squeezenet1_1", bad) == (
             f"unknown weights {bad!r} for squeezenet1_1 (valid: none, DEFAULT, IMAGENET1K_V1, "
             "or a weights file)")
 
@@ -125,7 +119,7 @@ def _missing_message(hub, reason):
 
 
 def test_offline_missing_weights_message(hub):
-    assert raises(tv.build, "squeezenet1_1") == _missing_message(hub, "INVKIT_OFFLINE is set")
+    assert invkit_error(tv.build, "squeezenet1_1") == _missing_message(hub, "INVKIT_OFFLINE is set")
 
 
 def _reference():
@@ -167,7 +161,7 @@ def test_random_init_metadata():
 
 
 def test_pretrained_vit_at_another_size_is_refused():
-    assert raises(tv.build, "vit_b_16", weights="DEFAULT", input_size=32) == (
+    assert invkit_error(tv.build, "vit_b_16", weights="DEFAULT", input_size=32) == (
         "vit_b_16 weights IMAGENET1K_V1 fit 224 px inputs only, not 32 px (use --weights none "
         "at 32 px)")
 
@@ -181,7 +175,7 @@ def test_cached_file_is_read_safely_unless_trusted(hub):
     hub.mkdir(parents=True)
     path = hub / SQUEEZE_FILE
     torch.save({"state_dict": reference.state_dict(), "x": Custom()}, path)
-    assert raises(tv.build, "squeezenet1_1") == (
+    assert invkit_error(tv.build, "squeezenet1_1") == (
         f"cannot read cached weights of squeezenet1_1: {path} needs full unpickling to load (it "
         f"contains {__name__}.Custom), which can run arbitrary code; if you trust this file, "
         "pass --trust-checkpoint (or convert it to safetensors) (if the file is damaged, "
@@ -193,7 +187,7 @@ def test_cached_file_that_does_not_fit(hub):
     hub.mkdir(parents=True)
     path = hub / SQUEEZE_FILE
     torch.save({"features.0.weight": torch.zeros(1)}, path)
-    message = raises(tv.build, "squeezenet1_1")
+    message = invkit_error(tv.build, "squeezenet1_1")
     assert message.startswith(f"cached weights {path} do not fit squeezenet1_1 (")
     assert message.endswith("); delete the file to download it again")
     assert "\n" not in message
@@ -238,12 +232,12 @@ def test_failed_download_message(hub, monkeypatch):
 
     monkeypatch.delenv("INVKIT_OFFLINE")
     monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
-    assert raises(tv.build, "squeezenet1_1") == _missing_message(
+    assert invkit_error(tv.build, "squeezenet1_1") == _missing_message(
         hub, "could not be downloaded (OSError)")
     assert socket.getdefaulttimeout() is None
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad hash")))
-    assert raises(tv.build, "squeezenet1_1") == _missing_message(
+    assert invkit_error(tv.build, "squeezenet1_1") == _missing_message(
         hub, "could not be downloaded (RuntimeError)")
 
 
@@ -278,9 +272,9 @@ def test_spec_fields():
 
 
 def test_resnet50v15():
-    assert raises(resnet50v15.build) == (
+    assert invkit_error(resnet50v15.build) == (
         "resnet50v15 accepts --weights none or a weights file, not None")
-    assert raises(resnet50v15.build, "DEFAULT") == (
+    assert invkit_error(resnet50v15.build, "DEFAULT") == (
         "resnet50v15 accepts --weights none or a weights file, not 'DEFAULT'")
     teacher = resnet50v15.build("none")
     assert teacher.name == "resnet50v15" and teacher.meta.arch == "resnet50v15"
@@ -307,10 +301,10 @@ def test_cifar_rename_key(key, expected):
 
 
 def test_cifar_build_and_specs():
-    assert raises(cifar.build, "cifar-resnet18") == (
+    assert invkit_error(cifar.build, "cifar-resnet18") == (
         "cifar-resnet18 has no bundled weights: pass --weights FILE (your CIFAR-10 checkpoint) "
         "or --weights none for random init")
-    assert raises(cifar.build, "cifar-resnet34", "DEFAULT") == (
+    assert invkit_error(cifar.build, "cifar-resnet34", "DEFAULT") == (
         "cifar-resnet34 accepts --weights none or a weights file, not 'DEFAULT'")
     teacher = cifar.build("cifar-resnet18", "none")
     assert teacher.meta == TeacherMeta(
